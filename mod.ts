@@ -1,0 +1,56 @@
+/**
+ * An event store for Deno: append-only streams of events with optimistic
+ * concurrency, snapshots, and one contract ({@linkcode EventStore}) served by
+ * an in-memory store for tests and a PostgreSQL store for production.
+ *
+ * Event `data` and snapshot `state` are encoded with CBOR
+ * ({@linkcode cborCodec}); `metadata` is plain JSON.
+ *
+ * @example Append events, load them, and catch a conflict
+ * ```ts
+ * import { ConcurrencyConflictError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using store = new InMemoryEventStore();
+ * await store.appendEvents("order-42", [
+ *   { type: "OrderPlaced.v1", data: { totalCents: 1999 }, metadata: { userId: "u-7" } },
+ * ], { expectedVersion: "no_stream" });
+ *
+ * const [placed] = await store.loadEvents<{ totalCents: number }>("order-42");
+ * assert.equal(placed.version, 1);
+ * assert.equal(placed.data.totalCents, 1999);
+ *
+ * // A second writer that read the stream before the first append loses.
+ * await assert.rejects(
+ *   store.appendEvents("order-42", [{ type: "OrderPlaced.v1", data: {} }], { expectedVersion: 0 }),
+ *   ConcurrencyConflictError,
+ * );
+ * ```
+ *
+ * @module
+ */
+
+export type {
+  AppendOptions,
+  AppendResult,
+  EventStore,
+  ExpectedVersion,
+  LoadOptions,
+  NewEvent,
+  RecordedEvent,
+  Snapshot,
+} from "./src/event_store.ts";
+export {
+  ConcurrencyConflictError,
+  EncodingError,
+  type EncodingErrorOptions,
+  EventStoreError,
+  type EventStoreErrorCode,
+  InvalidArgumentError,
+  StoreClosedError,
+} from "./src/errors.ts";
+export { cborCodec, type Codec } from "./src/codec.ts";
+export {
+  InMemoryEventStore,
+  type InMemoryEventStoreOptions,
+} from "./src/memory_store.ts";

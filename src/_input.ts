@@ -1,0 +1,388 @@
+/**
+ * Checks and prepares what callers pass in, shared by every store so that
+ * each rejects the same input with the same error, before writing anything.
+ *
+ * The limits keep both stores identical: PostgreSQL cannot hold NUL in
+ * `text` or `jsonb`, and a btree index entry (stream ids and event types are
+ * indexed) must stay under about 2.7 kB.
+ *
+ * @module
+ */
+
+import type { ExpectedVersion, LoadOptions, NewEvent } from "./event_store.ts";
+import { EncodingError, InvalidArgumentError } from "./errors.ts";
+import type { Codec } from "./codec.ts";
+
+/** Longest stream id or event type, in UTF-16 code units. */
+export const MAX_NAME_LENGTH = 500;
+/** Deepest nesting of metadata objects and arrays. */
+export const MAX_METADATA_DEPTH = 64;
+
+const UUID_PATTERN =
+  /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** An event ready to store: checked, with its id and its data encoded. */
+export interface PreparedEvent {
+  id: string;
+  type: string;
+  data: Uint8Array;
+  metadata: Record<string, unknown>;
+}
+
+/** Load options with their defaults filled in. */
+export interface LoadRange {
+  fromVersion: number;
+  /** `Infinity` when the caller set no limit. */
+  maxCount: number;
+}
+
+/**
+ * @throws {InvalidArgumentError} `value` is not a usable name.
+ */
+function checkName(value: unknown, field: string): string {
+  if (typeof value !== "string") {
+    throw new InvalidArgumentError(
+      field,
+      `must be a string, got ${describe(value)}`,
+    );
+  }
+  if (value.length === 0) {
+    throw new InvalidArgumentError(field, "must not be empty");
+  }
+  if (value.length > MAX_NAME_LENGTH) {
+    throw new InvalidArgumentError(
+      field,
+      `must be at most ${MAX_NAME_LENGTH} characters, got ${value.length}`,
+    );
+  }
+  checkText(value, field);
+  return value;
+}
+
+function checkText(value: string, field: string): void {
+  if (value.includes("\0")) {
+    throw new InvalidArgumentError(field, "must not contain NUL characters");
+  }
+  if (!value.isWellFormed()) {
+    throw new InvalidArgumentError(
+      field,
+      "must not contain lone UTF-16 surrogates",
+    );
+  }
+}
+
+/**
+ * Checks a stream id.
+ *
+ * @throws {InvalidArgumentError} It is not a non-empty string within limits.
+ */
+export function checkStreamId(streamId: unknown): string {
+  return checkName(streamId, "streamId");
+}
+
+/**
+ * Checks a version: a non-negative safe integer, at least `minimum`.
+ *
+ * @throws {InvalidArgumentError} It is not.
+ */
+export function checkVersion(
+  value: unknown,
+  field: string,
+  minimum = 0,
+): number {
+  if (
+    typeof value !== "number" || !Number.isSafeInteger(value) ||
+    value < minimum
+  ) {
+    throw new InvalidArgumentError(
+      field,
+      `must be a safe integer of at least ${minimum}, got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Checks `options.expectedVersion`, defaulting to `"any"`.
+ *
+ * @throws {InvalidArgumentError} The options or the version are malformed.
+ */
+export function checkExpectedVersion(options: unknown): ExpectedVersion {
+  const expected = readOption(options, "expectedVersion");
+  if (expected === undefined) return "any";
+  if (
+    expected === "any" || expected === "no_stream" ||
+    expected === "stream_exists"
+  ) {
+    return expected;
+  }
+  if (typeof expected === "string") {
+    throw new InvalidArgumentError(
+      "options.expectedVersion",
+      `must be "any", "no_stream", "stream_exists" or a version, got ${
+        describe(expected)
+      }`,
+    );
+  }
+  return checkVersion(expected, "options.expectedVersion");
+}
+
+/**
+ * Checks load options and fills in their defaults.
+ *
+ * @throws {InvalidArgumentError} The options are malformed.
+ */
+export function checkLoadOptions(options: unknown): LoadRange {
+  const fromVersion = readOption<LoadOptions>(options, "fromVersion");
+  const maxCount = readOption<LoadOptions>(options, "maxCount");
+  return {
+    // 0 reads as "from the start", like 1: no event has version 0.
+    fromVersion: fromVersion === undefined
+      ? 1
+      : Math.max(1, checkVersion(fromVersion, "options.fromVersion")),
+    maxCount: maxCount === undefined
+      ? Infinity
+      : checkVersion(maxCount, "options.maxCount", 1),
+  };
+}
+
+function readOption<T = Record<string, unknown>>(
+  options: unknown,
+  key: keyof T & string,
+): unknown {
+  if (options === undefined) return undefined;
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidArgumentError(
+      "options",
+      `must be an object, got ${describe(options)}`,
+    );
+  }
+  return (options as Record<string, unknown>)[key];
+}
+
+/**
+ * Checks a batch of new events and encodes their data, so that a store only
+ * has to write. Ids are lower-cased (as PostgreSQL's `uuid` prints them) or
+ * generated.
+ *
+ * @throws {InvalidArgumentError} The batch or one of its events is malformed.
+ * @throws {EncodingError} The codec cannot encode an event's data.
+ */
+export function prepareEvents(
+  events: unknown,
+  codec: Codec,
+  generateId: () => string,
+): PreparedEvent[] {
+  if (!Array.isArray(events)) {
+    throw new InvalidArgumentError(
+      "events",
+      `must be an array, got ${describe(events)}`,
+    );
+  }
+  if (events.length === 0) {
+    throw new InvalidArgumentError("events", "must hold at least one event");
+  }
+  const prepared = new Array<PreparedEvent>(events.length);
+  const seenIds = new Set<string>();
+  for (let index = 0; index < events.length; index++) {
+    const field = `events[${index}]`;
+    const event = events[index] as NewEvent | undefined;
+    if (typeof event !== "object" || event === null) {
+      throw new InvalidArgumentError(
+        field,
+        `must be an event object, got ${describe(event)}`,
+      );
+    }
+    const type = checkName(event.type, `${field}.type`);
+    const metadata = event.metadata === undefined
+      ? {}
+      : checkMetadata(event.metadata, `${field}.metadata`);
+    const id = event.id === undefined
+      ? generateId()
+      : checkUuid(event.id, `${field}.id`);
+    if (seenIds.has(id)) {
+      throw new InvalidArgumentError(
+        `${field}.id`,
+        `repeats the id of an earlier event in the batch: ${id}`,
+      );
+    }
+    seenIds.add(id);
+    const data = encodeValue(codec, event.data, `${field}.data`);
+    prepared[index] = { id, type, data, metadata };
+  }
+  return prepared;
+}
+
+function checkUuid(value: unknown, field: string): string {
+  if (typeof value !== "string" || !UUID_PATTERN.test(value)) {
+    throw new InvalidArgumentError(
+      field,
+      `must be a UUID, got ${describe(value)}`,
+    );
+  }
+  return value.toLowerCase();
+}
+
+/**
+ * Checks that metadata is a plain JSON object that PostgreSQL's `jsonb`
+ * stores and gives back unchanged.
+ *
+ * @throws {InvalidArgumentError} It is not, naming the offending path.
+ */
+export function checkMetadata(
+  metadata: unknown,
+  field: string,
+): Record<string, unknown> {
+  if (!isPlainObject(metadata)) {
+    throw new InvalidArgumentError(
+      field,
+      `must be a plain JSON object, got ${describe(metadata)}`,
+    );
+  }
+  checkJsonValue(metadata, field, new Set(), 1);
+  return metadata;
+}
+
+function checkJsonValue(
+  value: unknown,
+  path: string,
+  ancestors: Set<object>,
+  depth: number,
+): void {
+  switch (typeof value) {
+    case "string":
+      checkText(value, path);
+      return;
+    case "boolean":
+      return;
+    case "number":
+      if (!Number.isFinite(value)) {
+        throw new InvalidArgumentError(
+          path,
+          `must be a finite number, got ${value}`,
+        );
+      }
+      return;
+    case "object":
+      if (value === null) return;
+      break;
+    default:
+      throw new InvalidArgumentError(
+        path,
+        `is not JSON: got ${describe(value)}`,
+      );
+  }
+  if (depth > MAX_METADATA_DEPTH) {
+    throw new InvalidArgumentError(
+      path,
+      `nests deeper than ${MAX_METADATA_DEPTH} levels`,
+    );
+  }
+  if (ancestors.has(value)) {
+    throw new InvalidArgumentError(path, "refers back to itself (a cycle)");
+  }
+  ancestors.add(value);
+  if (Array.isArray(value)) {
+    for (let index = 0; index < value.length; index++) {
+      checkJsonValue(value[index], `${path}[${index}]`, ancestors, depth + 1);
+    }
+  } else if (isPlainObject(value)) {
+    if (Object.getOwnPropertySymbols(value).length > 0) {
+      throw new InvalidArgumentError(path, "has symbol keys, which JSON drops");
+    }
+    for (const key of Object.keys(value)) {
+      const keyPath = `${path}${describeKey(key)}`;
+      checkText(key, keyPath);
+      checkJsonValue(value[key], keyPath, ancestors, depth + 1);
+    }
+  } else {
+    throw new InvalidArgumentError(
+      path,
+      `is not JSON: got ${describe(value)}`,
+    );
+  }
+  ancestors.delete(value);
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== "object" || value === null) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}
+
+/**
+ * Encodes a value with the codec.
+ *
+ * @throws {EncodingError} The codec threw, naming `field`.
+ */
+export function encodeValue(
+  codec: Codec,
+  value: unknown,
+  field: string,
+): Uint8Array {
+  try {
+    return codec.encode(value);
+  } catch (cause) {
+    throw new EncodingError(field, problemOf(cause), { cause });
+  }
+}
+
+/**
+ * Decodes stored bytes with the codec.
+ *
+ * @throws {EncodingError} The codec threw, naming `field`.
+ */
+export function decodeValue(
+  codec: Codec,
+  bytes: Uint8Array,
+  field: string,
+): unknown {
+  try {
+    return codec.decode(bytes);
+  } catch (cause) {
+    throw new EncodingError(field, problemOf(cause), {
+      cause,
+      operation: "decode",
+    });
+  }
+}
+
+function problemOf(cause: unknown): string {
+  if (cause instanceof RangeError) {
+    return "the value nests too deeply"; // the call stack overflowed
+  }
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return message.replace(/^CBOR (en|de)code error: /, "");
+}
+
+/** A short, safe description of a value for an error message. */
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  switch (typeof value) {
+    case "string": {
+      const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
+      return `the string ${JSON.stringify(shown)}`;
+    }
+    case "number":
+    case "boolean":
+    case "undefined":
+      return String(value);
+    case "bigint":
+      return `the bigint ${value}n`;
+    case "object": {
+      const name = Object.getPrototypeOf(value)?.constructor?.name;
+      return typeof name === "string" && name !== "Object"
+        ? `an instance of ${name}`
+        : "an object";
+    }
+    default:
+      return `a ${typeof value}`;
+  }
+}
+
+function describeKey(key: string): string {
+  return /^[A-Za-z_$][\w$]*$/.test(key)
+    ? `.${key}`
+    : `[${JSON.stringify(key.length > 40 ? `${key.slice(0, 40)}…` : key)}]`;
+}

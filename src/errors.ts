@@ -1,0 +1,253 @@
+/**
+ * The errors every store throws. Each has a stable {@linkcode EventStoreError.code}
+ * so callers can branch on it without `instanceof` across package copies.
+ *
+ * @module
+ */
+
+import type { ExpectedVersion } from "./event_store.ts";
+
+/**
+ * The stable codes of {@linkcode EventStoreError}. Renaming one is a breaking
+ * change; later releases only add to the union.
+ */
+export type EventStoreErrorCode =
+  | "concurrency_conflict"
+  | "invalid_argument"
+  | "encoding"
+  | "store_closed";
+
+/**
+ * The base class of every error this module throws on purpose.
+ *
+ * @example Branch on the code
+ * ```ts
+ * import { EventStoreError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * try {
+ *   await store.appendEvents("", [{ type: "Opened", data: {} }]);
+ *   assert.fail("expected a rejection");
+ * } catch (error) {
+ *   assert.ok(error instanceof EventStoreError);
+ *   assert.equal(error.code, "invalid_argument");
+ * }
+ * ```
+ */
+export class EventStoreError extends Error {
+  /** What went wrong, as a stable machine-readable code. */
+  readonly code: EventStoreErrorCode;
+
+  /**
+   * Creates an error with a code and a message.
+   *
+   * @param code The stable code of this error.
+   * @param message A sentence for humans: "Cannot X: reason".
+   * @param options `cause` keeps the underlying error, if any.
+   */
+  constructor(
+    code: EventStoreErrorCode,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.code = code;
+    this.name = "EventStoreError";
+  }
+}
+
+/**
+ * Thrown when an append's `expectedVersion` does not match the stream's
+ * actual version. Nothing of the append was written; reload and decide again.
+ *
+ * @example Catch a conflict and read its context
+ * ```ts
+ * import { ConcurrencyConflictError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * await store.appendEvents("order-1", [{ type: "Placed", data: {} }]);
+ * await assert.rejects(
+ *   store.appendEvents("order-1", [{ type: "Placed", data: {} }], { expectedVersion: "no_stream" }),
+ *   (error) => {
+ *     assert.ok(error instanceof ConcurrencyConflictError);
+ *     assert.equal(error.streamId, "order-1");
+ *     assert.equal(error.expectedVersion, "no_stream");
+ *     assert.equal(error.actualVersion, 1);
+ *     return true;
+ *   },
+ * );
+ * ```
+ */
+export class ConcurrencyConflictError extends EventStoreError {
+  /** Always `"concurrency_conflict"`. */
+  declare readonly code: "concurrency_conflict";
+  /** The stream the append targeted. */
+  readonly streamId: string;
+  /** What the caller expected the stream's version to be. */
+  readonly expectedVersion: ExpectedVersion;
+  /** The stream's version when the append was checked (0: no events). */
+  readonly actualVersion: number;
+
+  /**
+   * Creates a conflict error for a stream.
+   *
+   * @param streamId The stream the append targeted.
+   * @param versions The caller's expected version and the stream's actual one.
+   * @param options `cause` keeps the underlying error, if any.
+   */
+  constructor(
+    streamId: string,
+    versions: { expectedVersion: ExpectedVersion; actualVersion: number },
+    options?: ErrorOptions,
+  ) {
+    super(
+      "concurrency_conflict",
+      `Cannot append to stream ${quote(streamId)}: expected ${
+        describeExpected(versions.expectedVersion)
+      }, actual version ${versions.actualVersion}`,
+      options,
+    );
+    this.name = "ConcurrencyConflictError";
+    this.streamId = streamId;
+    this.expectedVersion = versions.expectedVersion;
+    this.actualVersion = versions.actualVersion;
+  }
+}
+
+/**
+ * Thrown when an argument is malformed: an empty stream id, an empty event
+ * list, a negative version, metadata that is not plain JSON, and so on. It is
+ * thrown before anything is written.
+ *
+ * @example Read which field was wrong
+ * ```ts
+ * import { InMemoryEventStore, InvalidArgumentError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * await assert.rejects(store.appendEvents("order-1", []), (error) => {
+ *   assert.ok(error instanceof InvalidArgumentError);
+ *   assert.equal(error.field, "events");
+ *   return true;
+ * });
+ * ```
+ */
+export class InvalidArgumentError extends EventStoreError {
+  /** Always `"invalid_argument"`. */
+  declare readonly code: "invalid_argument";
+  /** The path of the offending argument, e.g. `events[2].metadata.tags`. */
+  readonly field: string;
+
+  /**
+   * Creates an error naming the offending argument.
+   *
+   * @param field The path of the offending argument.
+   * @param problem What is wrong with it, e.g. "must be a non-empty string".
+   */
+  constructor(field: string, problem: string) {
+    super("invalid_argument", `Invalid argument ${field}: ${problem}`);
+    this.name = "InvalidArgumentError";
+    this.field = field;
+  }
+}
+
+/** Options of {@linkcode EncodingError}: `cause` and which way it failed. */
+export interface EncodingErrorOptions extends ErrorOptions {
+  /** `"encode"` (the default) before a write, `"decode"` on a read. */
+  operation?: "encode" | "decode";
+}
+
+/**
+ * Thrown when the codec cannot encode a value (a function, a `Map`, a class
+ * instance, a cycle) or cannot decode stored bytes. On encoding it is thrown
+ * before anything is written; the codec's own error is kept as `cause`.
+ *
+ * @example Data the codec cannot encode
+ * ```ts
+ * import { EncodingError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * await assert.rejects(
+ *   store.appendEvents("order-1", [{ type: "Placed", data: { at: () => 1 } }]),
+ *   (error) => error instanceof EncodingError && error.field === "events[0].data",
+ * );
+ * ```
+ */
+export class EncodingError extends EventStoreError {
+  /** Always `"encoding"`. */
+  declare readonly code: "encoding";
+  /** The value that failed, e.g. `events[0].data` or `state`. */
+  readonly field: string;
+  /** Whether encoding (before a write) or decoding (on a read) failed. */
+  readonly operation: "encode" | "decode";
+
+  /**
+   * Creates an error naming the value that failed.
+   *
+   * @param field The value that failed, e.g. `events[0].data`.
+   * @param problem What the codec reported.
+   * @param options `cause` keeps the codec's own error; `operation` says
+   *   which way it failed.
+   */
+  constructor(field: string, problem: string, options?: EncodingErrorOptions) {
+    const operation = options?.operation ?? "encode";
+    super("encoding", `Cannot ${operation} ${field}: ${problem}`, options);
+    this.name = "EncodingError";
+    this.field = field;
+    this.operation = operation;
+  }
+}
+
+/**
+ * Thrown by every operation on a store after its `close()` was called.
+ *
+ * @example Using a closed store
+ * ```ts
+ * import { InMemoryEventStore, StoreClosedError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * await store.close();
+ * await assert.rejects(store.streamVersion("order-1"), StoreClosedError);
+ * ```
+ */
+export class StoreClosedError extends EventStoreError {
+  /** Always `"store_closed"`. */
+  declare readonly code: "store_closed";
+
+  /**
+   * Creates an error naming what was attempted.
+   *
+   * @param operation What was attempted, e.g. `append events`.
+   */
+  constructor(operation: string) {
+    super("store_closed", `Cannot ${operation}: the store is closed`);
+    this.name = "StoreClosedError";
+  }
+}
+
+/** Long ids are cut so that a message stays one readable line. */
+const MAX_QUOTED_LENGTH = 200;
+
+function quote(value: string): string {
+  const shown = value.length > MAX_QUOTED_LENGTH
+    ? `${value.slice(0, MAX_QUOTED_LENGTH)}…`
+    : value;
+  return JSON.stringify(shown);
+}
+
+function describeExpected(expected: ExpectedVersion): string {
+  switch (expected) {
+    case "any":
+      return "any version";
+    case "no_stream":
+      return "no stream";
+    case "stream_exists":
+      return "an existing stream";
+    default:
+      return `version ${expected}`;
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * The contract every store implements. Nothing here depends on a store, so
+ * application code can be written against {@linkcode EventStore} alone and
+ * tested with the in-memory store.
+ *
+ * @module
+ */
+
+/**
+ * An event to append. `data` goes through the store's codec (CBOR by
+ * default); `metadata` is a plain JSON object kept for humans and tooling.
+ *
+ * @typeParam D The shape of `data`.
+ */
+export interface NewEvent<D = unknown> {
+  /** What happened, e.g. `"OrderPlaced.v1"`. Non-empty. */
+  type: string;
+  /** The event's payload, encoded by the store's codec. */
+  data: D;
+  /** Correlation ids, user ids and the like; a plain JSON object. */
+  metadata?: Record<string, unknown>;
+  /** The event's UUID; generated when absent. */
+  id?: string;
+}
+
+/**
+ * An event as stored: the {@linkcode NewEvent} plus where and when it landed.
+ *
+ * @typeParam D The shape of `data`, as the caller asserts it.
+ */
+export interface RecordedEvent<D = unknown> {
+  /** The event's UUID, in lower case. */
+  id: string;
+  /** The stream the event belongs to. */
+  streamId: string;
+  /** Its position in the stream: the first event is 1, then 2, 3, … */
+  version: number;
+  /** Its position in the whole store: strictly increasing, possibly sparse. */
+  globalPosition: bigint;
+  /** What happened. */
+  type: string;
+  /** The decoded payload. */
+  data: D;
+  /** The metadata, `{}` when none was given. */
+  metadata: Record<string, unknown>;
+  /** When the append that stored it happened; one value for a whole append. */
+  createdAt: Date;
+}
+
+/**
+ * What the caller believes about a stream before appending to it:
+ * - `"any"`: no check;
+ * - `"no_stream"`: the stream must have no events;
+ * - `"stream_exists"`: it must have at least one;
+ * - a number n: its version must be exactly n (0 means no events).
+ */
+export type ExpectedVersion = "any" | "no_stream" | "stream_exists" | number;
+
+/** Options of {@linkcode EventStore.appendEvents}. */
+export interface AppendOptions {
+  /** The optimistic concurrency check; `"any"` when absent. */
+  expectedVersion?: ExpectedVersion;
+}
+
+/** What {@linkcode EventStore.appendEvents} returns. */
+export interface AppendResult {
+  /** The stream's version after the append: the version of its last event. */
+  version: number;
+  /** The global position of the append's last event. */
+  globalPosition: bigint;
+}
+
+/** Options of {@linkcode EventStore.loadEvents}. */
+export interface LoadOptions {
+  /** The first version to return, inclusive; 1 when absent. */
+  fromVersion?: number;
+  /** At most this many events; all when absent. At least 1. */
+  maxCount?: number;
+}
+
+/**
+ * The latest saved state of a stream, so that an aggregate loads as the
+ * snapshot plus the events after `version`.
+ *
+ * @typeParam S The shape of `state`, as the caller asserts it.
+ */
+export interface Snapshot<S = unknown> {
+  /** The stream the snapshot belongs to. */
+  streamId: string;
+  /** The stream version the state includes. */
+  version: number;
+  /** The decoded state. */
+  state: S;
+  /** When the snapshot was saved. */
+  createdAt: Date;
+}
+
+/**
+ * An append-only store of event streams with optimistic concurrency.
+ *
+ * Every store behaves identically; `tests/conformance.ts` holds the cases.
+ * Appends are atomic: all events of one call are stored with consecutive
+ * versions, or none are. Bad arguments throw
+ * {@linkcode InvalidArgumentError} and data the codec cannot encode throws
+ * {@linkcode EncodingError}, both before anything is written.
+ *
+ * @example Write code against the contract
+ * ```ts
+ * import { type EventStore, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * async function openAccount(store: EventStore, accountId: string): Promise<number> {
+ *   const { version } = await store.appendEvents(
+ *     `account-${accountId}`,
+ *     [{ type: "AccountOpened.v1", data: { balanceCents: 0 } }],
+ *     { expectedVersion: "no_stream" },
+ *   );
+ *   return version;
+ * }
+ *
+ * await using store = new InMemoryEventStore();
+ * assert.equal(await openAccount(store, "42"), 1);
+ * ```
+ */
+export interface EventStore extends AsyncDisposable {
+  /**
+   * Appends events to a stream, atomically, after checking
+   * `options.expectedVersion`.
+   *
+   * @param streamId The stream, a non-empty string.
+   * @param events At least one event.
+   * @param options The expected version; `"any"` when absent.
+   * @returns The stream's new version and the last event's global position.
+   * @throws {ConcurrencyConflictError} The stream's version does not match.
+   * @throws {InvalidArgumentError} An argument is malformed.
+   * @throws {EncodingError} The codec cannot encode an event's data.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  appendEvents<D>(
+    streamId: string,
+    events: readonly NewEvent<D>[],
+    options?: AppendOptions,
+  ): Promise<AppendResult>;
+
+  /**
+   * Loads a stream's events in version order; `[]` for a missing stream.
+   *
+   * @param streamId The stream, a non-empty string.
+   * @param options Where to start (inclusive) and how many to return.
+   * @returns The events, possibly none.
+   * @throws {InvalidArgumentError} An argument is malformed.
+   * @throws {EncodingError} Stored data cannot be decoded.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  loadEvents<D>(
+    streamId: string,
+    options?: LoadOptions,
+  ): Promise<RecordedEvent<D>[]>;
+
+  /**
+   * The stream's version: its number of events, 0 when it has none.
+   *
+   * @param streamId The stream, a non-empty string.
+   * @returns The version.
+   * @throws {InvalidArgumentError} The stream id is malformed.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  streamVersion(streamId: string): Promise<number>;
+
+  /**
+   * Saves the stream's snapshot, replacing the stored one unless that one has
+   * a higher version (then this is a no-op).
+   *
+   * @param streamId The stream, a non-empty string.
+   * @param version The stream version the state includes: from 1 to the
+   *   stream's current version.
+   * @param state The state, encoded by the codec.
+   * @throws {InvalidArgumentError} An argument is malformed, or `version` is
+   *   ahead of the stream.
+   * @throws {EncodingError} The codec cannot encode the state.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  saveSnapshot<S>(streamId: string, version: number, state: S): Promise<void>;
+
+  /**
+   * Loads the stream's snapshot.
+   *
+   * @param streamId The stream, a non-empty string.
+   * @returns The snapshot, or `undefined` when the stream has none.
+   * @throws {InvalidArgumentError} The stream id is malformed.
+   * @throws {EncodingError} The stored state cannot be decoded.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  loadSnapshot<S>(streamId: string): Promise<Snapshot<S> | undefined>;
+
+  /**
+   * Releases what the store holds. Idempotent; afterwards every other method
+   * throws {@linkcode StoreClosedError}.
+   */
+  close(): Promise<void>;
+}

@@ -1,0 +1,260 @@
+/**
+ * The in-memory store: the reference implementation of the contract, for
+ * tests, examples and prototypes.
+ *
+ * @module
+ */
+
+import type {
+  AppendOptions,
+  AppendResult,
+  EventStore,
+  LoadOptions,
+  NewEvent,
+  RecordedEvent,
+  Snapshot,
+} from "./event_store.ts";
+import { cborCodec, type Codec } from "./codec.ts";
+import { InvalidArgumentError, StoreClosedError } from "./errors.ts";
+import { assertExpectedVersion } from "./expected_version.ts";
+import {
+  checkExpectedVersion,
+  checkLoadOptions,
+  checkStreamId,
+  checkVersion,
+  decodeValue,
+  encodeValue,
+  prepareEvents,
+} from "./_input.ts";
+
+/** Options of {@linkcode InMemoryEventStore}. */
+export interface InMemoryEventStoreOptions {
+  /** Encodes `data` and snapshot `state`; {@linkcode cborCodec} by default. */
+  codec?: Codec;
+  /** The time stamped on appends and snapshots; `() => new Date()` by default. */
+  clock?: () => Date;
+  /** Generates ids for events given without one; `crypto.randomUUID` by default. */
+  generateId?: () => string;
+}
+
+/**
+ * An event as kept in memory. Data is kept encoded and metadata as JSON text,
+ * as PostgreSQL keeps them, so a caller who mutates an object after appending
+ * or loading it changes nothing stored, and values the other stores cannot
+ * give back unchanged fail here too.
+ */
+interface StoredEvent {
+  readonly id: string;
+  readonly globalPosition: bigint;
+  readonly type: string;
+  readonly data: Uint8Array;
+  readonly metadataJson: string;
+  readonly createdAtMs: number;
+}
+
+interface StoredSnapshot {
+  readonly version: number;
+  readonly state: Uint8Array;
+  readonly createdAtMs: number;
+}
+
+/**
+ * An {@linkcode EventStore} that keeps everything in memory.
+ *
+ * It is the reference implementation: every other store passes the same
+ * conformance suite. Each operation runs to completion without yielding, so
+ * an append is atomic and its version check cannot race another append.
+ * Data is lost when the process exits or the store is closed.
+ *
+ * @example Append, load and snapshot
+ * ```ts
+ * import { ConcurrencyConflictError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using store = new InMemoryEventStore();
+ * const result = await store.appendEvents("order-1", [
+ *   { type: "OrderPlaced.v1", data: { totalCents: 2500 } },
+ *   { type: "OrderShipped.v1", data: { trackingNumber: "TN-1" } },
+ * ], { expectedVersion: "no_stream" });
+ * assert.equal(result.version, 2);
+ *
+ * const events = await store.loadEvents("order-1");
+ * assert.deepEqual(events.map((event) => event.type), ["OrderPlaced.v1", "OrderShipped.v1"]);
+ *
+ * await assert.rejects(
+ *   store.appendEvents("order-1", [{ type: "OrderCancelled.v1", data: {} }], { expectedVersion: 1 }),
+ *   ConcurrencyConflictError,
+ * );
+ *
+ * await store.saveSnapshot("order-1", 2, { status: "shipped" });
+ * assert.deepEqual((await store.loadSnapshot("order-1"))?.state, { status: "shipped" });
+ * ```
+ */
+export class InMemoryEventStore implements EventStore {
+  readonly #codec: Codec;
+  readonly #clock: () => Date;
+  readonly #generateId: () => string;
+  #streams = new Map<string, StoredEvent[]>();
+  #snapshots = new Map<string, StoredSnapshot>();
+  #lastGlobalPosition = 0n;
+  #closed = false;
+
+  /**
+   * Creates an empty store. Does no I/O.
+   *
+   * @param options The codec, clock and id generator.
+   */
+  constructor(options: InMemoryEventStoreOptions = {}) {
+    this.#codec = options.codec ?? cborCodec;
+    this.#clock = options.clock ?? (() => new Date());
+    this.#generateId = options.generateId ?? (() => crypto.randomUUID());
+  }
+
+  /** {@inheritDoc EventStore.appendEvents} */
+  appendEvents<D>(
+    streamId: string,
+    events: readonly NewEvent<D>[],
+    options?: AppendOptions,
+  ): Promise<AppendResult> {
+    return this.#run("append events", () => {
+      checkStreamId(streamId);
+      const expected = checkExpectedVersion(options);
+      const prepared = prepareEvents(events, this.#codec, this.#generateId);
+      const stream = this.#streams.get(streamId) ?? [];
+      assertExpectedVersion(streamId, expected, stream.length);
+
+      const createdAtMs = this.#clock().getTime();
+      const metadataJson = prepared.map((event) =>
+        JSON.stringify(event.metadata)
+      );
+      // Nothing below can throw: the stream changes whole or not at all.
+      for (let index = 0; index < prepared.length; index++) {
+        const event = prepared[index];
+        stream.push({
+          id: event.id,
+          globalPosition: ++this.#lastGlobalPosition,
+          type: event.type,
+          data: event.data,
+          metadataJson: metadataJson[index],
+          createdAtMs,
+        });
+      }
+      this.#streams.set(streamId, stream);
+      return {
+        version: stream.length,
+        globalPosition: this.#lastGlobalPosition,
+      };
+    });
+  }
+
+  /** {@inheritDoc EventStore.loadEvents} */
+  loadEvents<D>(
+    streamId: string,
+    options?: LoadOptions,
+  ): Promise<RecordedEvent<D>[]> {
+    return this.#run("load events", () => {
+      checkStreamId(streamId);
+      const { fromVersion, maxCount } = checkLoadOptions(options);
+      const stream = this.#streams.get(streamId) ?? [];
+      const start = fromVersion - 1;
+      const end = Math.min(stream.length, start + maxCount);
+      const loaded: RecordedEvent<D>[] = [];
+      for (let index = start; index < end; index++) {
+        const event = stream[index];
+        loaded.push({
+          id: event.id,
+          streamId,
+          version: index + 1,
+          globalPosition: event.globalPosition,
+          type: event.type,
+          data: decodeValue(
+            this.#codec,
+            event.data,
+            `stream ${JSON.stringify(streamId)} version ${index + 1} data`,
+          ) as D,
+          metadata: JSON.parse(event.metadataJson),
+          createdAt: new Date(event.createdAtMs),
+        });
+      }
+      return loaded;
+    });
+  }
+
+  /** {@inheritDoc EventStore.streamVersion} */
+  streamVersion(streamId: string): Promise<number> {
+    return this.#run("read the stream version", () => {
+      checkStreamId(streamId);
+      return this.#streams.get(streamId)?.length ?? 0;
+    });
+  }
+
+  /** {@inheritDoc EventStore.saveSnapshot} */
+  saveSnapshot<S>(streamId: string, version: number, state: S): Promise<void> {
+    return this.#run("save a snapshot", () => {
+      checkStreamId(streamId);
+      checkVersion(version, "version", 1);
+      const streamVersion = this.#streams.get(streamId)?.length ?? 0;
+      if (version > streamVersion) {
+        throw new InvalidArgumentError(
+          "version",
+          `${version} is ahead of stream ${
+            JSON.stringify(streamId)
+          }, which is at version ${streamVersion}`,
+        );
+      }
+      const encoded = encodeValue(this.#codec, state, "state");
+      const stored = this.#snapshots.get(streamId);
+      if (stored !== undefined && stored.version > version) return;
+      this.#snapshots.set(streamId, {
+        version,
+        state: encoded,
+        createdAtMs: this.#clock().getTime(),
+      });
+    });
+  }
+
+  /** {@inheritDoc EventStore.loadSnapshot} */
+  loadSnapshot<S>(streamId: string): Promise<Snapshot<S> | undefined> {
+    return this.#run("load a snapshot", () => {
+      checkStreamId(streamId);
+      const stored = this.#snapshots.get(streamId);
+      if (stored === undefined) return undefined;
+      return {
+        streamId,
+        version: stored.version,
+        state: decodeValue(
+          this.#codec,
+          stored.state,
+          `snapshot of stream ${JSON.stringify(streamId)}`,
+        ) as S,
+        createdAt: new Date(stored.createdAtMs),
+      };
+    });
+  }
+
+  /** Drops every stream and snapshot; later calls throw {@linkcode StoreClosedError}. */
+  close(): Promise<void> {
+    this.#closed = true;
+    this.#streams = new Map();
+    this.#snapshots = new Map();
+    return Promise.resolve();
+  }
+
+  /** Closes the store, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /**
+   * Runs one operation to completion, turning its throw into a rejection.
+   * There is no `await` inside, so no other operation interleaves with it.
+   */
+  #run<T>(operation: string, body: () => T): Promise<T> {
+    if (this.#closed) return Promise.reject(new StoreClosedError(operation));
+    try {
+      return Promise.resolve(body());
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+}
