@@ -69,9 +69,11 @@ function decodeDate(decodeInner: TagDecodeControl): Date {
   if (typeof seconds !== "number") {
     throw new TypeError("CBOR tag 1 must wrap a number of seconds");
   }
-  // Rounding undoes the float error of seconds * 1000: Date truncates, and
-  // 1700000000.123 * 1000 may land just below the millisecond it came from.
-  return new Date(Math.round(seconds * 1000));
+  // Float seconds only approximate the milliseconds, and Date truncates, so
+  // round. Whole and fraction are scaled apart: far from 1970, seconds * 1000
+  // exceeds 2^51 and its own rounding error would add to the first one.
+  const whole = Math.floor(seconds);
+  return new Date(whole * 1000 + Math.round((seconds - whole) * 1000));
 }
 
 /**
