@@ -58,9 +58,9 @@ export function testEventStore(
   const skipped = new Map(
     (options.skip ?? []).map((entry) => [entry.test, entry.reason]),
   );
-  for (const name of skipped.keys()) {
-    if (!CASES.some((testCase) => testCase.name === name)) {
-      throw new Error(`Cannot skip unknown conformance case ${name}`);
+  for (const skippedName of skipped.keys()) {
+    if (!CASES.some((testCase) => testCase.name === skippedName)) {
+      throw new Error(`Cannot skip unknown conformance case ${skippedName}`);
     }
   }
   for (const testCase of CASES) {
@@ -894,6 +894,44 @@ const CASES: ConformanceCase[] = [
           field,
         );
       }
+      await assertUnchanged(store, streamId, 1);
+    },
+  },
+  {
+    name: "deep nesting is refused cleanly, within the limit it round-trips",
+    async run(store) {
+      const streamId = newStreamId();
+      const nest = (levels: number): Record<string, unknown> => {
+        let value: Record<string, unknown> = {};
+        for (let level = 1; level < levels; level++) value = { a: value };
+        return value;
+      };
+      // 64 levels of metadata objects are allowed; the 65th is refused.
+      await store.appendEvents(streamId, [{
+        type: "Deep",
+        data: null,
+        metadata: nest(64),
+      }]);
+      assert.deepEqual(
+        (await store.loadEvents(streamId))[0].metadata,
+        nest(64),
+      );
+      await assertInvalid(
+        store.appendEvents(streamId, [{
+          type: "Deep",
+          data: null,
+          metadata: nest(65),
+        }]),
+        `events[0].metadata${".a".repeat(64)}`,
+      );
+      // Data so deep that encoding overflows the stack is an EncodingError.
+      let deepData: unknown[] = [];
+      for (let level = 0; level < 100_000; level++) deepData = [deepData];
+      await assert.rejects(
+        store.appendEvents(streamId, [{ type: "Deep", data: deepData }]),
+        (error) =>
+          error instanceof EncodingError && error.field === "events[0].data",
+      );
       await assertUnchanged(store, streamId, 1);
     },
   },
