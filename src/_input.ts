@@ -10,7 +10,11 @@
  */
 
 import type { ExpectedVersion, LoadOptions, NewEvent } from "./event_store.ts";
-import { EncodingError, InvalidArgumentError } from "./errors.ts";
+import {
+  EncodingError,
+  EventStoreError,
+  InvalidArgumentError,
+} from "./errors.ts";
 import type { Codec } from "./codec.ts";
 
 /** Longest stream id or event type, in UTF-16 code units. */
@@ -151,13 +155,19 @@ function readOption<T = Record<string, unknown>>(
   key: keyof T & string,
 ): unknown {
   if (options === undefined) return undefined;
-  if (typeof options !== "object" || options === null) {
+  if (
+    typeof options !== "object" || options === null || Array.isArray(options)
+  ) {
     throw new InvalidArgumentError(
       "options",
       `must be an object, got ${describe(options)}`,
     );
   }
-  return (options as Record<string, unknown>)[key];
+  try {
+    return (options as Record<string, unknown>)[key];
+  } catch (error) {
+    throw asTypedError(error, `options.${key}`);
+  }
 }
 
 /**
@@ -186,20 +196,12 @@ export function prepareEvents(
   const seenIds = new Set<string>();
   for (let index = 0; index < events.length; index++) {
     const field = `events[${index}]`;
-    const event = events[index] as NewEvent | undefined;
-    if (typeof event !== "object" || event === null) {
-      throw new InvalidArgumentError(
-        field,
-        `must be an event object, got ${describe(event)}`,
-      );
+    try {
+      prepared[index] = prepareEvent(events[index], field, codec, generateId);
+    } catch (error) {
+      throw asTypedError(error, field);
     }
-    const type = checkName(event.type, `${field}.type`);
-    const metadata = event.metadata === undefined
-      ? {}
-      : checkMetadata(event.metadata, `${field}.metadata`);
-    const id = event.id === undefined
-      ? generateId()
-      : checkUuid(event.id, `${field}.id`);
+    const id = prepared[index].id;
     if (seenIds.has(id)) {
       throw new InvalidArgumentError(
         `${field}.id`,
@@ -207,10 +209,43 @@ export function prepareEvents(
       );
     }
     seenIds.add(id);
-    const data = encodeValue(codec, event.data, `${field}.data`);
-    prepared[index] = { id, type, data, metadata };
   }
   return prepared;
+}
+
+function prepareEvent(
+  event: unknown,
+  field: string,
+  codec: Codec,
+  generateId: () => string,
+): PreparedEvent {
+  if (typeof event !== "object" || event === null) {
+    throw new InvalidArgumentError(
+      field,
+      `must be an event object, got ${describe(event)}`,
+    );
+  }
+  const { type, metadata, id, data } = event as NewEvent;
+  return {
+    type: checkName(type, `${field}.type`),
+    metadata: metadata === undefined
+      ? {}
+      : checkMetadata(metadata, `${field}.metadata`),
+    id: id === undefined ? generateId() : checkUuid(id, `${field}.id`),
+    data: encodeValue(codec, data, `${field}.data`),
+  };
+}
+
+/**
+ * A getter or proxy of the caller's that throws while the input is read is
+ * still bad input: report it as such, keeping the original as `cause`.
+ */
+function asTypedError(error: unknown, field: string): unknown {
+  if (error instanceof EventStoreError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new InvalidArgumentError(field, `could not be read: ${message}`, {
+    cause: error,
+  });
 }
 
 function checkUuid(value: unknown, field: string): string {
@@ -225,7 +260,7 @@ function checkUuid(value: unknown, field: string): string {
 
 /**
  * Checks that metadata is a plain JSON object that PostgreSQL's `jsonb`
- * stores and gives back unchanged.
+ * stores and gives back unchanged, and returns a checked copy of it.
  *
  * @throws {InvalidArgumentError} It is not, naming the offending path.
  */
@@ -239,22 +274,29 @@ export function checkMetadata(
       `must be a plain JSON object, got ${describe(metadata)}`,
     );
   }
-  checkJsonValue(metadata, field, new Set(), 1);
-  return metadata;
+  return copyJsonValue(metadata, field, new Set(), 1) as Record<
+    string,
+    unknown
+  >;
 }
 
-function checkJsonValue(
+/**
+ * Checks one JSON value and returns a copy of it, so that what is stored is
+ * what was checked: a getter cannot answer differently later, nor can the
+ * caller change the value between the check and the write.
+ */
+function copyJsonValue(
   value: unknown,
   path: string,
   ancestors: Set<object>,
   depth: number,
-): void {
+): unknown {
   switch (typeof value) {
     case "string":
       checkText(value, path);
-      return;
+      return value;
     case "boolean":
-      return;
+      return value;
     case "number":
       if (!Number.isFinite(value)) {
         throw new InvalidArgumentError(
@@ -262,9 +304,9 @@ function checkJsonValue(
           `must be a finite number, got ${value}`,
         );
       }
-      return;
+      return value;
     case "object":
-      if (value === null) return;
+      if (value === null) return value;
       break;
     default:
       throw new InvalidArgumentError(
@@ -282,19 +324,35 @@ function checkJsonValue(
     throw new InvalidArgumentError(path, "refers back to itself (a cycle)");
   }
   ancestors.add(value);
+  let copy: unknown;
   if (Array.isArray(value)) {
+    const array = new Array(value.length);
     for (let index = 0; index < value.length; index++) {
-      checkJsonValue(value[index], `${path}[${index}]`, ancestors, depth + 1);
+      array[index] = copyJsonValue(
+        value[index],
+        `${path}[${index}]`,
+        ancestors,
+        depth + 1,
+      );
     }
+    copy = array;
   } else if (isPlainObject(value)) {
     if (Object.getOwnPropertySymbols(value).length > 0) {
       throw new InvalidArgumentError(path, "has symbol keys, which JSON drops");
     }
+    const object: Record<string, unknown> = {};
     for (const key of Object.keys(value)) {
       const keyPath = `${path}${describeKey(key)}`;
       checkText(key, keyPath);
-      checkJsonValue(value[key], keyPath, ancestors, depth + 1);
+      // defineProperty, not assignment: a "__proto__" key must stay a key.
+      Object.defineProperty(object, key, {
+        value: copyJsonValue(value[key], keyPath, ancestors, depth + 1),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     }
+    copy = object;
   } else {
     throw new InvalidArgumentError(
       path,
@@ -302,6 +360,7 @@ function checkJsonValue(
     );
   }
   ancestors.delete(value);
+  return copy;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -88,6 +88,19 @@ function rejectNonPlainObject(value: object): null {
       `unsupported type: ${describeType(value)}; use a plain object`,
     );
   }
+  if (Object.getOwnPropertySymbols(value).length > 0) {
+    throw new TypeError("object has symbol keys, which CBOR cannot hold");
+  }
+  return null;
+}
+
+/** A hole would come back as `undefined`. */
+function rejectSparseArray(value: unknown[]): null {
+  for (let index = 0; index < value.length; index++) {
+    if (!(index in value)) {
+      throw new TypeError(`array has a hole at index ${index}`);
+    }
+  }
   return null;
 }
 
@@ -143,6 +156,7 @@ const UNSUPPORTED_OBJECT_TYPES = [
 
 const typeEncoders = {
   Object: rejectNonPlainObject,
+  Array: rejectSparseArray,
   Date: encodeDate,
   bigint: structBigIntEncoder,
   string: rejectLoneSurrogate,
@@ -165,8 +179,10 @@ tags[TAG_NEGATIVE_BIGNUM] = bigNegIntDecoder;
  * `undefined`, `bigint` (always as a bignum tag, so it comes back a `bigint`),
  * `Uint8Array` and `Date` (tag 1, millisecond precision). Everything else is
  * rejected rather than changed on the way: functions, symbols, `Map`, `Set`,
- * class instances, other typed arrays, cycles and strings with lone
- * surrogates. Map keys are written in RFC 8949 order, so equal values encode
+ * class instances, other typed arrays, cycles, symbol keys, sparse arrays
+ * and strings with lone surrogates. Two things change type on the way, by
+ * design: an object with a `null` prototype comes back as a plain object, and
+ * a `Uint8Array` subclass (such as Node's `Buffer`) as a `Uint8Array`. Map keys are written in RFC 8949 order, so equal values encode
  * to equal bytes.
  *
  * @example Round-trip a value

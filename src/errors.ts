@@ -145,9 +145,10 @@ export class InvalidArgumentError extends EventStoreError {
    *
    * @param field The path of the offending argument.
    * @param problem What is wrong with it, e.g. "must be a non-empty string".
+   * @param options `cause` keeps the underlying error, if any.
    */
-  constructor(field: string, problem: string) {
-    super("invalid_argument", `Invalid argument ${field}: ${problem}`);
+  constructor(field: string, problem: string, options?: ErrorOptions) {
+    super("invalid_argument", `Invalid argument ${field}: ${problem}`, options);
     this.name = "InvalidArgumentError";
     this.field = field;
   }

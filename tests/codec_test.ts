@@ -89,6 +89,8 @@ Deno.test("cborCodec: rejects what it could not give back unchanged", () => {
     [() => 1, /unsupported type: Function/],
     [Symbol("s"), /unsupported type: symbol/],
     ["\ud800", /lone UTF-16 surrogate/],
+    [[1, , 3], /hole at index 1/],
+    [{ [Symbol("k")]: 1 }, /symbol keys/],
   ];
   for (const [value, message] of cases) {
     assert.throws(() => cborCodec.encode({ nested: [value] }), message);

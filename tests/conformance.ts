@@ -201,6 +201,18 @@ function invalidAppends(streamId: string): [string, () => unknown[]][] {
       return [streamId, [{ ...valid, id }, { ...valid, id: id.toUpperCase() }]];
     }],
     ["options", () => [streamId, [valid], "any"]],
+    ["options", () => [streamId, [valid], [1]]],
+    ["events[0]", () => [streamId, [{
+      ...valid,
+      get metadata(): Record<string, unknown> {
+        throw new Error("a throwing getter");
+      },
+    }]]],
+    ["options.expectedVersion", () => [streamId, [valid], {
+      get expectedVersion(): number {
+        throw new Error("a throwing getter");
+      },
+    }]],
     ...[-1, 1.5, Number.MAX_SAFE_INTEGER + 1, NaN, "latest", null, 2n].map(
       (expectedVersion): [string, () => unknown[]] => [
         "options.expectedVersion",
@@ -772,6 +784,8 @@ const CASES: ConformanceCase[] = [
         ["Int16Array", new Int16Array([1])],
         ["cycle", cyclic],
         ["lone surrogate", "\ud800"],
+        ["sparse array", [1, , 3]],
+        ["symbol key", { [Symbol("k")]: 1 }],
       ];
       for (const [label, value] of unencodable) {
         await assert.rejects(
