@@ -344,13 +344,18 @@ function copyJsonValue(
     for (const key of Object.keys(value)) {
       const keyPath = `${path}${describeKey(key)}`;
       checkText(key, keyPath);
-      // defineProperty, not assignment: a "__proto__" key must stay a key.
-      Object.defineProperty(object, key, {
-        value: copyJsonValue(value[key], keyPath, ancestors, depth + 1),
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
+      const copied = copyJsonValue(value[key], keyPath, ancestors, depth + 1);
+      if (key === "__proto__") {
+        // Assignment would set the copy's prototype; this keeps it a key.
+        Object.defineProperty(object, key, {
+          value: copied,
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      } else {
+        object[key] = copied;
+      }
     }
     copy = object;
   } else {
