@@ -15,7 +15,10 @@ export type EventStoreErrorCode =
   | "concurrency_conflict"
   | "invalid_argument"
   | "encoding"
-  | "store_closed";
+  | "store_closed"
+  | "unavailable"
+  | "migration"
+  | "database";
 
 /**
  * The base class of every error this module throws on purpose.
@@ -227,6 +230,124 @@ export class StoreClosedError extends EventStoreError {
   constructor(operation: string) {
     super("store_closed", `Cannot ${operation}: the store is closed`);
     this.name = "StoreClosedError";
+  }
+}
+
+/**
+ * Thrown when the database cannot be reached or stops answering: the
+ * connection was refused, timed out, or was closed, the server is shutting
+ * down or has no free connection slots, or a statement ran past its timeout.
+ * The driver's error is kept as `cause`; the message never holds a password.
+ * Whether an interrupted append was stored is unknown: read the stream (or
+ * retry with the same event ids) before deciding again.
+ *
+ * @example Connecting to a port where nothing listens
+ * ```ts ignore
+ * import { PostgresEventStore, StoreUnavailableError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * await assert.rejects(
+ *   PostgresEventStore.connect("postgres://app:secret@127.0.0.1:1/app", { connectTimeout: 2 }),
+ *   (error) => error instanceof StoreUnavailableError && !error.message.includes("secret"),
+ * );
+ * ```
+ */
+export class StoreUnavailableError extends EventStoreError {
+  /** Always `"unavailable"`. */
+  declare readonly code: "unavailable";
+  /** PostgreSQL's SQLSTATE when the server said why (e.g. `57P01`). */
+  readonly sqlState: string | undefined;
+
+  /**
+   * Creates an error saying what could not be done and why.
+   *
+   * @param message A sentence for humans: "Cannot X: reason".
+   * @param options `cause` keeps the driver's error; `sqlState` the server's code.
+   */
+  constructor(
+    message: string,
+    options?: ErrorOptions & { sqlState?: string },
+  ) {
+    super("unavailable", message, options);
+    this.name = "StoreUnavailableError";
+    this.sqlState = options?.sqlState;
+  }
+}
+
+/**
+ * Thrown when the database schema is not as this module needs it: an
+ * applied migration file was changed afterwards (its checksum differs), a
+ * migration failed (it was rolled back), or the tables are missing because
+ * migrations were never run.
+ *
+ * @example A store whose tables were never created
+ * ```ts ignore
+ * import { MigrationError, PostgresEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using store = await PostgresEventStore.connect(Deno.env.get("DATABASE_URL")!, {
+ *   schema: "never_migrated",
+ * });
+ * await assert.rejects(store.streamVersion("order-1"), MigrationError);
+ * ```
+ */
+export class MigrationError extends EventStoreError {
+  /** Always `"migration"`. */
+  declare readonly code: "migration";
+  /** The migration file concerned, when there is one. */
+  readonly migration: string | undefined;
+
+  /**
+   * Creates an error about the schema or one migration.
+   *
+   * @param message A sentence for humans: "Cannot X: reason".
+   * @param options `cause` keeps the underlying error; `migration` names the file.
+   */
+  constructor(
+    message: string,
+    options?: ErrorOptions & { migration?: string },
+  ) {
+    super("migration", message, options);
+    this.name = "MigrationError";
+    this.migration = options?.migration;
+  }
+}
+
+/**
+ * Thrown when PostgreSQL refuses an operation for a reason none of the other
+ * errors describe: a permission is missing, the disk is full, a constraint
+ * of the application's own was violated. `sqlState` is PostgreSQL's code and
+ * the driver's error is kept as `cause`.
+ *
+ * @example Branch on PostgreSQL's code
+ * ```ts
+ * import { DatabaseError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new DatabaseError("Cannot append events: permission denied", { sqlState: "42501" });
+ * assert.equal(error.code, "database");
+ * assert.equal(error.sqlState, "42501");
+ * ```
+ */
+export class DatabaseError extends EventStoreError {
+  /** Always `"database"`. */
+  declare readonly code: "database";
+  /** PostgreSQL's SQLSTATE, e.g. `42501` (insufficient privilege). */
+  readonly sqlState: string | undefined;
+
+  /**
+   * Creates an error carrying PostgreSQL's code.
+   *
+   * @param message A sentence for humans: "Cannot X: reason".
+   * @param options `cause` keeps the driver's error; `sqlState` the server's code.
+   */
+  constructor(
+    message: string,
+    options?: ErrorOptions & { sqlState?: string },
+  ) {
+    super("database", message, options);
+    this.name = "DatabaseError";
+    this.sqlState = options?.sqlState;
   }
 }
 
