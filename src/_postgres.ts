@@ -1,0 +1,193 @@
+/**
+ * What the PostgreSQL store and the migration runner share: checking and
+ * quoting the schema name, keeping passwords out of text, and turning driver
+ * errors into this module's typed errors.
+ *
+ * @module
+ */
+
+import {
+  DatabaseError,
+  EventStoreError,
+  InvalidArgumentError,
+  MigrationError,
+  StoreUnavailableError,
+} from "./errors.ts";
+
+/**
+ * Unquoted PostgreSQL identifiers we accept as a schema name: letters,
+ * digits and `_`, at most 63 bytes (NAMEDATALEN − 1). Anything else is
+ * refused rather than escaped, so a schema name can never carry SQL.
+ */
+const SCHEMA_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/**
+ * Checks a schema name and returns it double-quoted for SQL text.
+ *
+ * @throws {InvalidArgumentError} The name is not a plain identifier.
+ */
+export function quoteSchema(schema: unknown, field = "options.schema"): string {
+  if (typeof schema !== "string" || !SCHEMA_PATTERN.test(schema)) {
+    throw new InvalidArgumentError(
+      field,
+      "must be a schema name of 1 to 63 letters, digits and underscores, not starting with a digit",
+    );
+  }
+  return `"${schema}"`;
+}
+
+/**
+ * A connection string with its password replaced by `***`, both the
+ * `user:password@` form and a `password=` query parameter. Safe to log.
+ *
+ * @example
+ * ```ts ignore
+ * redactUrl("postgres://app:s3cret@db:5432/app?sslmode=require");
+ * // "postgres://app:***@db:5432/app?sslmode=require"
+ * ```
+ */
+export function redactUrl(url: string): string {
+  return url
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/?#]*):[^@/?#]*@/i, "$1:***@")
+    .replace(/([?&](?:password|pass)=)[^&#]*/gi, "$1***");
+}
+
+/**
+ * The password of a connection string, so that it can be scrubbed from any
+ * text that might echo it; `undefined` when there is none.
+ */
+export function passwordOf(url: string): string | undefined {
+  const inAuthority = url.match(/^[a-z][a-z0-9+.-]*:\/\/[^:@/?#]*:([^@/?#]*)@/i)
+    ?.[1];
+  const inQuery = url.match(/[?&](?:password|pass)=([^&#]*)/i)?.[1];
+  const password = inAuthority ?? inQuery;
+  if (password === undefined || password === "") return undefined;
+  try {
+    return decodeURIComponent(password);
+  } catch {
+    return password;
+  }
+}
+
+/** Replaces every occurrence of a secret (and its URL-encoded form). */
+export function scrub(text: string, secret: string | undefined): string {
+  if (secret === undefined || secret.length === 0) return text;
+  let scrubbed = text.split(secret).join("***");
+  const encoded = encodeURIComponent(secret);
+  if (encoded !== secret) scrubbed = scrubbed.split(encoded).join("***");
+  return scrubbed;
+}
+
+/** What an error translation needs to say where things went wrong. */
+export interface ErrorContext {
+  /** What was attempted, e.g. `append events to stream "order-1"`. */
+  operation: string;
+  /** The server, redacted, e.g. `postgres://app:***@db:5432/app`. */
+  server: string;
+  /** The store's schema, for the "run migrations" hint. */
+  schema: string;
+  /** Scrubbed from every message. */
+  password?: string;
+}
+
+/** The driver's error codes for a connection that failed or went away. */
+const CONNECTION_ERROR_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ECONNABORTED",
+  "ETIMEDOUT",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EPIPE",
+  "ENOENT", // a unix socket path that does not exist
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+]);
+
+/**
+ * SQLSTATEs that mean "the database cannot serve this now", rather than
+ * "this request is wrong": class 08 (connection exception) is matched by
+ * prefix.
+ */
+const UNAVAILABLE_SQLSTATES = new Map([
+  ["53300", "the server has no free connection slots"],
+  ["57P01", "the server is shutting down"],
+  ["57P02", "the server crashed"],
+  ["57P03", "the server is not accepting connections yet"],
+  ["57014", "the statement timed out or was cancelled"],
+  ["28P01", "authentication failed"],
+  ["28000", "authentication failed"],
+  ["3D000", "the database does not exist"],
+]);
+
+/** SQLSTATEs of a table or schema that is not there: migrations never ran. */
+const MISSING_SCHEMA_SQLSTATES = new Set(["42P01", "3F000"]);
+
+/** A PostgreSQL server error as postgres.js reports it. */
+interface ServerError {
+  code: string;
+  severity: string;
+  message: string;
+}
+
+/** Whether `error` is an error PostgreSQL itself sent. */
+export function isServerError(error: unknown): error is ServerError {
+  return error instanceof Error && typeof (error as { severity?: unknown })
+        .severity === "string" &&
+    typeof (error as { code?: unknown }).code === "string";
+}
+
+/** The PostgreSQL error's constraint, when a constraint was violated. */
+export function constraintOf(error: unknown): string | undefined {
+  const name = (error as { constraint_name?: unknown })?.constraint_name;
+  return typeof name === "string" ? name : undefined;
+}
+
+/**
+ * Turns whatever the driver threw into one of this module's typed errors,
+ * keeping the original as `cause` and no password in the message.
+ */
+export function translateError(
+  error: unknown,
+  context: ErrorContext,
+): EventStoreError {
+  if (error instanceof EventStoreError) return error;
+  const detail = scrub(
+    error instanceof Error ? error.message : String(error),
+    context.password,
+  );
+  const where = `${context.operation} (${context.server})`;
+  if (isServerError(error)) {
+    const sqlState = error.code;
+    if (MISSING_SCHEMA_SQLSTATES.has(sqlState)) {
+      return new MigrationError(
+        `Cannot ${where}: the store's tables are missing in schema "${context.schema}" (${detail}); run the migrations first (await store.migrate(), or deno task migrate)`,
+        { cause: error },
+      );
+    }
+    const reason = UNAVAILABLE_SQLSTATES.get(sqlState) ??
+      (sqlState.startsWith("08") ? "the connection failed" : undefined);
+    if (reason !== undefined) {
+      return new StoreUnavailableError(
+        `Cannot ${where}: ${reason} (${sqlState}: ${detail})`,
+        { cause: error, sqlState },
+      );
+    }
+    return new DatabaseError(`Cannot ${where}: ${sqlState}: ${detail}`, {
+      cause: error,
+      sqlState,
+    });
+  }
+  const code = (error as { code?: unknown })?.code;
+  if (typeof code === "string" && CONNECTION_ERROR_CODES.has(code)) {
+    return new StoreUnavailableError(
+      `Cannot ${where}: the database is unreachable (${detail})`,
+      { cause: error },
+    );
+  }
+  return new DatabaseError(`Cannot ${where}: ${detail}`, { cause: error });
+}
