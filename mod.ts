@@ -42,15 +42,31 @@ export type {
 } from "./src/event_store.ts";
 export {
   ConcurrencyConflictError,
+  DatabaseError,
   EncodingError,
   type EncodingErrorOptions,
   EventStoreError,
   type EventStoreErrorCode,
   InvalidArgumentError,
+  MigrationError,
   StoreClosedError,
+  StoreUnavailableError,
 } from "./src/errors.ts";
 export { cborCodec, type Codec } from "./src/codec.ts";
 export {
   InMemoryEventStore,
   type InMemoryEventStoreOptions,
 } from "./src/memory_store.ts";
+export {
+  PostgresEventStore,
+  type PostgresEventStoreOptions,
+} from "./src/postgres_store.ts";
+export {
+  bundledMigrations,
+  type MigrateOptions,
+  type Migration,
+  type MigrationResult,
+  runMigrations,
+  type Sql,
+} from "./src/migrations.ts";
+export type { Logger, LogLevel, LogRecord } from "./src/logger.ts";

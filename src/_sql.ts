@@ -1,0 +1,109 @@
+/**
+ * The PostgreSQL store's statements, written once per schema, and the array
+ * type OIDs its parameters need.
+ *
+ * Every statement binds its values as parameters; only the schema name,
+ * checked and quoted by `quoteSchema`, is part of the text. Result columns
+ * are aliased to single lower-case words so that an application's
+ * postgres.js column transform (e.g. camel case) cannot rename them.
+ *
+ * @module
+ */
+
+/**
+ * Array type OIDs. postgres.js fetches array types when a connection opens,
+ * but infers an array's type from its first element, and gets bytea and
+ * jsonb arrays wrong on a brand-new connection: so every array says its type.
+ */
+export const ARRAY_OID = {
+  text: 1009,
+  bytea: 1001,
+  jsonb: 3807,
+  uuid: 2951,
+} as const;
+
+/** The statements of a store whose tables live in `schema` (quoted). */
+export interface Statements {
+  /**
+   * Appends a batch in one round trip. Reads the stream's version, checks
+   * the expectation, and inserts every event from arrays in the same
+   * statement. Parameters: `$1` stream id, `$2` ids (uuid[]), `$3` types
+   * (text[]), `$4` data (bytea[]), `$5` metadata (jsonb[]), `$6` the exact
+   * version required (null: any), `$7` whether the stream must exist.
+   * One row: `previous` (the version read) and `position` (the last
+   * inserted global position, null when the expectation failed). Two
+   * writers that read the same version collide on the primary key (23505).
+   */
+  append: string;
+  /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
+  load: string;
+  /** `$1` stream id; one row with `version`. */
+  streamVersion: string;
+  /**
+   * Upserts a snapshot unless the stored one is newer, only when the stream
+   * has reached `$2`. `$1` stream id, `$2` version, `$3` state. One row:
+   * the stream's `version`.
+   */
+  saveSnapshot: string;
+  /** `$1` stream id; zero or one row. */
+  loadSnapshot: string;
+}
+
+/**
+ * Writes the statements for one schema.
+ *
+ * @param schema The schema, already checked and double-quoted.
+ */
+export function statementsFor(schema: string): Statements {
+  const events = `${schema}.events`;
+  const snapshots = `${schema}.snapshots`;
+  return {
+    append: `
+      WITH current AS (
+        SELECT coalesce(max(version), 0) AS version
+        FROM ${events} WHERE stream_id = $1
+      ), appended AS (
+        INSERT INTO ${events}
+          (stream_id, version, event_id, event_type, data, metadata)
+        SELECT $1, current.version + batch.ordinality, batch.event_id,
+               batch.event_type, batch.data, batch.metadata
+        FROM current,
+             unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
+               WITH ORDINALITY AS batch(event_id, event_type, data, metadata, ordinality)
+        WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
+          AND (current.version > 0 OR NOT $7::boolean)
+        ORDER BY batch.ordinality
+        RETURNING global_position
+      )
+      SELECT current.version AS previous,
+             (SELECT max(global_position) FROM appended) AS position
+      FROM current`,
+    load: `
+      SELECT event_id AS id, version, global_position AS position,
+             event_type AS type, data, metadata, created_at AS created
+      FROM ${events}
+      WHERE stream_id = $1 AND version >= $2::bigint
+      ORDER BY version
+      LIMIT $3::bigint`,
+    streamVersion: `
+      SELECT coalesce(max(version), 0) AS version
+      FROM ${events} WHERE stream_id = $1`,
+    saveSnapshot: `
+      WITH current AS (
+        SELECT coalesce(max(version), 0) AS version
+        FROM ${events} WHERE stream_id = $1
+      ), saved AS (
+        INSERT INTO ${snapshots} AS stored (stream_id, version, state)
+        SELECT $1, $2::bigint, $3::bytea FROM current
+        WHERE current.version >= $2::bigint
+        ON CONFLICT (stream_id) DO UPDATE
+          SET version = excluded.version, state = excluded.state,
+              created_at = excluded.created_at
+          WHERE stored.version <= excluded.version
+      )
+      SELECT version FROM current`,
+    loadSnapshot: `
+      SELECT version, state, created_at AS created
+      FROM ${snapshots} WHERE stream_id = $1`,
+  };
+}

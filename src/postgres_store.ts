@@ -1,0 +1,748 @@
+/**
+ * The PostgreSQL store: the contract on tables that production can trust,
+ * through postgres.js (pipelined, pooled, prepared statements).
+ *
+ * @module
+ */
+
+import postgres from "postgres";
+import {
+  type Attributes,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Tracer,
+} from "@opentelemetry/api";
+import type {
+  AppendOptions,
+  AppendResult,
+  EventStore,
+  ExpectedVersion,
+  LoadOptions,
+  NewEvent,
+  RecordedEvent,
+  Snapshot,
+} from "./event_store.ts";
+import { cborCodec, type Codec } from "./codec.ts";
+import {
+  ConcurrencyConflictError,
+  EventStoreError,
+  InvalidArgumentError,
+  StoreClosedError,
+} from "./errors.ts";
+import { type Logger, type LogLevel, silentLogger } from "./logger.ts";
+import {
+  type MigrateOptions,
+  type MigrationResult,
+  runMigrations,
+  type Sql,
+} from "./migrations.ts";
+import {
+  checkExpectedVersion,
+  checkLoadOptions,
+  checkStreamId,
+  checkVersion,
+  decodeValue,
+  encodeValue,
+  prepareEvents,
+} from "./_input.ts";
+import {
+  constraintOf,
+  type ErrorContext,
+  isServerError,
+  passwordOf,
+  quoteSchema,
+  redactUrl,
+  scrub,
+  translateError,
+} from "./_postgres.ts";
+import { ARRAY_OID, type Statements, statementsFor } from "./_sql.ts";
+
+/** Options of {@linkcode PostgresEventStore}, named as postgres.js users expect. */
+export interface PostgresEventStoreOptions {
+  /** Pool size: at most this many connections. 10 by default. */
+  max?: number;
+  /** Seconds an idle connection stays open; kept forever by default. */
+  idleTimeout?: number;
+  /** Seconds to wait for a connection before giving up. 30 by default. */
+  connectTimeout?: number;
+  /** Milliseconds a statement may run before PostgreSQL cancels it; no limit by default. */
+  statementTimeout?: number;
+  /** Shown in `pg_stat_activity`; `deno-eventstore` by default. */
+  applicationName?: string;
+  /** The schema that holds the tables; `public` by default. */
+  schema?: string;
+  /** Encodes `data` and snapshot `state`; {@linkcode cborCodec} by default. */
+  codec?: Codec;
+  /** Receives structured log records; silent by default. */
+  logger?: Logger;
+  /** Generates ids for events given without one; `crypto.randomUUID` by default. */
+  generateId?: () => string;
+}
+
+/** Options that configure the pool, so they only apply when connecting by URL. */
+const POOL_OPTIONS = [
+  "max",
+  "idleTimeout",
+  "connectTimeout",
+  "statementTimeout",
+  "applicationName",
+] as const;
+
+/** Appends that lose a race for `"any"` retry at most this often. */
+const MAX_APPEND_ATTEMPTS = 100;
+
+/** How long `close()` lets the store's own calls finish before ending the pool. */
+const CLOSE_GRACE_MS = 5_000;
+
+/** The pools this module opened, and so must end on close. */
+const ownedPools = new WeakSet<Sql>();
+
+const TRACER_NAME = "@deno-eventstore/core";
+
+/**
+ * An {@linkcode EventStore} on PostgreSQL.
+ *
+ * Every append is one statement, one round trip: it reads the stream's
+ * version, checks `expectedVersion` and inserts the whole batch from arrays.
+ * The primary key `(stream_id, version)` settles races: of two writers that
+ * read the same version, one inserts and the other gets a
+ * {@linkcode ConcurrencyConflictError}, or, for `"any"`, retries at once.
+ * Driver errors become typed errors ({@linkcode StoreUnavailableError},
+ * {@linkcode MigrationError}, {@linkcode DatabaseError}) whose messages
+ * never hold the password. Each operation is an OpenTelemetry span (a no-op
+ * unless the application registers a tracer provider).
+ *
+ * @example Connect, migrate, append, load and snapshot
+ * ```ts ignore
+ * import { PostgresEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using store = await PostgresEventStore.connect(Deno.env.get("DATABASE_URL")!, {
+ *   max: 10,
+ *   statementTimeout: 5_000,
+ * });
+ * await store.migrate(); // creates the tables once; a no-op afterwards
+ *
+ * const { version } = await store.appendEvents("order-42", [
+ *   { type: "OrderPlaced.v1", data: { totalCents: 1999 } },
+ * ], { expectedVersion: "no_stream" });
+ * assert.equal(version, 1);
+ *
+ * const [placed] = await store.loadEvents<{ totalCents: number }>("order-42");
+ * assert.equal(placed.data.totalCents, 1999);
+ *
+ * await store.saveSnapshot("order-42", 1, { status: "placed" });
+ * assert.equal((await store.loadSnapshot("order-42"))?.version, 1);
+ * ```
+ *
+ * @example Use the application's own postgres.js instance
+ * ```ts ignore
+ * import postgres from "postgres";
+ * import { PostgresEventStore } from "@deno-eventstore/core";
+ *
+ * const sql = postgres(Deno.env.get("DATABASE_URL")!, { max: 20 });
+ * const store = new PostgresEventStore(sql, { schema: "orders" });
+ * // ... close() leaves `sql` open: the application ends it.
+ * await store.close();
+ * await sql.end();
+ * ```
+ */
+export class PostgresEventStore implements EventStore {
+  readonly #sql: Sql;
+  readonly #schema: string;
+  readonly #statements: Statements;
+  readonly #codec: Codec;
+  readonly #logger: Logger;
+  readonly #generateId: () => string;
+  readonly #tracer: Tracer;
+  readonly #server: string;
+  readonly #password: string | undefined;
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #closed = false;
+
+  /**
+   * Wraps a postgres.js instance the application already has. Does no I/O;
+   * {@linkcode PostgresEventStore.close} leaves the instance open. The
+   * instance must keep postgres.js's default type fetching (`fetch_types`).
+   *
+   * @param sql The postgres.js instance.
+   * @param options The schema, codec, logger and id generator (pool options
+   *   belong to the instance).
+   * @throws {InvalidArgumentError} An option is malformed, or a pool option
+   *   was given.
+   */
+  constructor(sql: Sql, options: PostgresEventStoreOptions = {}) {
+    if (!isSql(sql)) {
+      throw new InvalidArgumentError(
+        "sql",
+        "must be a postgres.js sql instance",
+      );
+    }
+    checkOptions(options);
+    if (!ownedPools.has(sql)) {
+      for (const name of POOL_OPTIONS) {
+        if (options[name] !== undefined) {
+          throw new InvalidArgumentError(
+            `options.${name}`,
+            "applies only when connecting by URL; configure the postgres.js instance instead",
+          );
+        }
+      }
+    }
+    if (sql.options?.fetch_types === false) {
+      throw new InvalidArgumentError(
+        "sql",
+        "must fetch array types (postgres.js option fetch_types: true, the default)",
+      );
+    }
+    const schema = options.schema ?? "public";
+    this.#sql = sql;
+    this.#schema = schema;
+    this.#statements = statementsFor(quoteSchema(schema));
+    this.#codec = options.codec ?? cborCodec;
+    this.#logger = options.logger ?? silentLogger;
+    this.#generateId = options.generateId ?? (() => crypto.randomUUID());
+    this.#tracer = trace.getTracer(TRACER_NAME);
+    this.#server = describeServer(sql);
+    this.#password = typeof sql.options?.pass === "string"
+      ? sql.options.pass
+      : undefined;
+  }
+
+  /**
+   * Opens a pool to PostgreSQL and checks that the server answers, or wraps
+   * an existing postgres.js instance. TLS follows the URL's `sslmode`.
+   *
+   * @param url A connection string (`postgres://user:password@host:5432/db`)
+   *   or a postgres.js instance.
+   * @param options Pool size and timeouts, schema, codec, logger.
+   * @returns A store; call {@linkcode PostgresEventStore.migrate} once
+   *   before the first use of a new database.
+   * @throws {StoreUnavailableError} The server cannot be reached, refuses the
+   *   login, or the database does not exist. The message shows the URL with
+   *   its password redacted.
+   * @throws {InvalidArgumentError} The URL or an option is malformed.
+   *
+   * @example Connect with a statement timeout
+   * ```ts ignore
+   * import { PostgresEventStore } from "@deno-eventstore/core";
+   *
+   * await using store = await PostgresEventStore.connect(
+   *   "postgres://app:secret@localhost:5432/app",
+   *   { max: 10, statementTimeout: 5_000, applicationName: "orders-api" },
+   * );
+   * ```
+   */
+  static async connect(
+    url: string | Sql,
+    options: PostgresEventStoreOptions = {},
+  ): Promise<PostgresEventStore> {
+    if (typeof url !== "string") return new PostgresEventStore(url, options);
+    if (url.trim() === "") {
+      throw new InvalidArgumentError("url", "must be a non-empty string");
+    }
+    checkOptions(options);
+    const password = passwordOf(url);
+    let sql: Sql;
+    try {
+      sql = postgres(url, {
+        max: options.max ?? 10,
+        idle_timeout: options.idleTimeout,
+        connect_timeout: options.connectTimeout ?? 30,
+        connection: {
+          application_name: options.applicationName ?? "deno-eventstore",
+          ...(options.statementTimeout === undefined
+            ? {}
+            : { statement_timeout: options.statementTimeout }),
+        },
+        types: { bigint: postgres.BigInt },
+        onnotice: () => {},
+      });
+    } catch (error) {
+      // postgres.js parses the URL eagerly; its message may echo it.
+      throw new InvalidArgumentError(
+        "url",
+        `is not a usable connection string (${
+          scrub(
+            error instanceof Error ? error.message : String(error),
+            password,
+          )
+        })`,
+      );
+    }
+    ownedPools.add(sql);
+    const store = new PostgresEventStore(sql, options);
+    try {
+      await store.#run("connect", {}, () => sql`SELECT 1`);
+    } catch (error) {
+      await sql.end({ timeout: 0 }).catch(() => {});
+      throw error;
+    }
+    store.#log("info", "Connected", { server: store.#server });
+    return store;
+  }
+
+  /**
+   * Applies this module's pending migrations to the store's schema (see
+   * {@linkcode runMigrations}). Safe to call at every start-up and from
+   * several processes at once.
+   *
+   * @param options Migrations of the application's own to apply instead.
+   * @returns Which migrations were applied now and which already were.
+   * @throws {MigrationError} An applied migration changed, or one failed.
+   * @throws {StoreUnavailableError} The database cannot be reached.
+   */
+  migrate(
+    options: Pick<MigrateOptions, "migrations"> = {},
+  ): Promise<MigrationResult> {
+    return this.#run("migrate", {}, () =>
+      runMigrations(this.#sql, {
+        schema: this.#schema,
+        logger: this.#logger,
+        migrations: options.migrations,
+      }));
+  }
+
+  /** {@inheritDoc EventStore.appendEvents} */
+  appendEvents<D>(
+    streamId: string,
+    events: readonly NewEvent<D>[],
+    options?: AppendOptions,
+  ): Promise<AppendResult> {
+    return this.#run(
+      "append events",
+      { "eventstore.stream_id": streamId },
+      async (span) => {
+        checkStreamId(streamId);
+        const expected = checkExpectedVersion(options);
+        const prepared = prepareEvents(events, this.#codec, this.#generateId);
+        span.setAttribute("eventstore.event_count", prepared.length);
+        span.setAttribute("eventstore.expected_version", String(expected));
+        const ids = new Array<string>(prepared.length);
+        const types = new Array<string>(prepared.length);
+        const data = new Array<Uint8Array>(prepared.length);
+        const metadata = new Array<Record<string, unknown>>(prepared.length);
+        prepared.forEach((event, index) => {
+          ids[index] = event.id;
+          types[index] = event.type;
+          data[index] = event.data;
+          metadata[index] = event.metadata;
+        });
+        const exactVersion = typeof expected === "number"
+          ? expected
+          : expected === "no_stream"
+          ? 0
+          : null;
+        const mustExist = expected === "stream_exists";
+
+        for (let attempt = 1;; attempt++) {
+          try {
+            const [row] = await this.#sql.unsafe(this.#statements.append, [
+              streamId,
+              this.#sql.array(ids, ARRAY_OID.uuid),
+              this.#sql.array(types, ARRAY_OID.text),
+              this.#sql.array(data, ARRAY_OID.bytea),
+              this.#sql.array(metadata as never[], ARRAY_OID.jsonb),
+              exactVersion,
+              mustExist,
+            ], { prepare: true });
+            const previous = Number(row.previous);
+            if (row.position === null) {
+              throw this.#conflict(streamId, expected, previous);
+            }
+            const version = previous + prepared.length;
+            span.setAttribute("eventstore.version", version);
+            return { version, globalPosition: BigInt(row.position) };
+          } catch (error) {
+            if (!isVersionClash(error)) throw error;
+            // Another append took the version this one read. For "any" and
+            // "stream_exists" the expectation still holds: read again.
+            if (
+              (expected === "any" || expected === "stream_exists") &&
+              attempt < MAX_APPEND_ATTEMPTS
+            ) {
+              this.#log("debug", "Retrying an append that lost a race", {
+                streamId,
+                attempt,
+              });
+              continue;
+            }
+            throw this.#conflict(
+              streamId,
+              expected,
+              await this.#readStreamVersion(streamId),
+              error,
+            );
+          }
+        }
+      },
+    );
+  }
+
+  /** {@inheritDoc EventStore.loadEvents} */
+  loadEvents<D>(
+    streamId: string,
+    options?: LoadOptions,
+  ): Promise<RecordedEvent<D>[]> {
+    return this.#run(
+      "load events",
+      { "eventstore.stream_id": streamId },
+      async (span) => {
+        checkStreamId(streamId);
+        const { fromVersion, maxCount } = checkLoadOptions(options);
+        const rows = await this.#sql.unsafe(this.#statements.load, [
+          streamId,
+          fromVersion,
+          Number.isFinite(maxCount) ? maxCount : null,
+        ], { prepare: true });
+        const events = new Array<RecordedEvent<D>>(rows.length);
+        for (let index = 0; index < rows.length; index++) {
+          const row = rows[index];
+          const version = Number(row.version);
+          events[index] = {
+            id: row.id,
+            streamId,
+            version,
+            globalPosition: BigInt(row.position),
+            type: row.type,
+            data: decodeValue(
+              this.#codec,
+              asBytes(row.data),
+              `stream ${JSON.stringify(streamId)} version ${version} data`,
+            ) as D,
+            metadata: asJsonObject(row.metadata),
+            createdAt: row.created,
+          };
+        }
+        span.setAttribute("eventstore.event_count", events.length);
+        return events;
+      },
+    );
+  }
+
+  /** {@inheritDoc EventStore.streamVersion} */
+  streamVersion(streamId: string): Promise<number> {
+    return this.#run(
+      "read the stream version",
+      { "eventstore.stream_id": streamId },
+      async (span) => {
+        checkStreamId(streamId);
+        const version = await this.#readStreamVersion(streamId);
+        span.setAttribute("eventstore.version", version);
+        return version;
+      },
+    );
+  }
+
+  /** {@inheritDoc EventStore.saveSnapshot} */
+  saveSnapshot<S>(streamId: string, version: number, state: S): Promise<void> {
+    return this.#run(
+      "save a snapshot",
+      { "eventstore.stream_id": streamId },
+      async (span) => {
+        checkStreamId(streamId);
+        checkVersion(version, "version", 1);
+        span.setAttribute("eventstore.version", version);
+        const encoded = encodeValue(this.#codec, state, "state");
+        const [row] = await this.#sql.unsafe(this.#statements.saveSnapshot, [
+          streamId,
+          version,
+          encoded,
+        ], { prepare: true });
+        const streamVersion = Number(row.version);
+        if (version > streamVersion) {
+          throw new InvalidArgumentError(
+            "version",
+            `${version} is ahead of stream ${
+              JSON.stringify(streamId)
+            }, which is at version ${streamVersion}`,
+          );
+        }
+      },
+    );
+  }
+
+  /** {@inheritDoc EventStore.loadSnapshot} */
+  loadSnapshot<S>(streamId: string): Promise<Snapshot<S> | undefined> {
+    return this.#run(
+      "load a snapshot",
+      { "eventstore.stream_id": streamId },
+      async (span) => {
+        checkStreamId(streamId);
+        const [row] = await this.#sql.unsafe(this.#statements.loadSnapshot, [
+          streamId,
+        ], { prepare: true });
+        if (row === undefined) return undefined;
+        const version = Number(row.version);
+        span.setAttribute("eventstore.version", version);
+        return {
+          streamId,
+          version,
+          state: decodeValue(
+            this.#codec,
+            asBytes(row.state),
+            `snapshot of stream ${JSON.stringify(streamId)}`,
+          ) as S,
+          createdAt: row.created,
+        };
+      },
+    );
+  }
+
+  /**
+   * Closes the store. A pool that {@linkcode PostgresEventStore.connect}
+   * opened is ended (queries in flight get 5 seconds to finish); an instance
+   * the application passed in stays open. Idempotent; afterwards every other
+   * method throws {@linkcode StoreClosedError}.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (ownedPools.has(this.#sql)) {
+      // Let this store's own calls finish, then end every connection at
+      // once. postgres.js's graceful end can wait for a connection that the
+      // server already reset (under Deno's socket shim) until its timeout.
+      await settle(this.#inFlight, CLOSE_GRACE_MS);
+      await this.#sql.end({ timeout: 0 });
+    }
+    this.#log("debug", "Closed", { server: this.#server });
+  }
+
+  /** Closes the store, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** The server (password redacted) and schema, never the password. */
+  toString(): string {
+    return `PostgresEventStore(${this.#server}, schema "${this.#schema}"${
+      this.#closed ? ", closed" : ""
+    })`;
+  }
+
+  /** What `console.log(store)` shows in Deno: {@linkcode toString}. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return this.toString();
+  }
+
+  /** What `util.inspect(store)` shows in Node: {@linkcode toString}. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
+  async #readStreamVersion(streamId: string): Promise<number> {
+    const [row] = await this.#sql.unsafe(this.#statements.streamVersion, [
+      streamId,
+    ], { prepare: true });
+    return Number(row.version);
+  }
+
+  #conflict(
+    streamId: string,
+    expectedVersion: ExpectedVersion,
+    actualVersion: number,
+    cause?: unknown,
+  ): ConcurrencyConflictError {
+    this.#log("debug", "Append refused: concurrency conflict", {
+      streamId,
+      expectedVersion,
+      actualVersion,
+    });
+    return new ConcurrencyConflictError(
+      streamId,
+      { expectedVersion, actualVersion },
+      cause === undefined ? undefined : { cause },
+    );
+  }
+
+  /**
+   * Runs one operation in a span: refuses it on a closed store, and turns
+   * whatever it throws into a typed error without the password.
+   */
+  #run<T>(
+    operation: string,
+    attributes: Attributes,
+    body: (span: Span) => Promise<T>,
+  ): Promise<T> {
+    if (this.#closed) {
+      return Promise.reject(new StoreClosedError(operation));
+    }
+    const running = this.#traced(operation, attributes, body);
+    this.#inFlight.add(running);
+    const done = () => this.#inFlight.delete(running);
+    running.then(done, done);
+    return running;
+  }
+
+  async #traced<T>(
+    operation: string,
+    attributes: Attributes,
+    body: (span: Span) => Promise<T>,
+  ): Promise<T> {
+    const span = this.#tracer.startSpan(`eventstore ${operation}`, {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        "db.system": "postgresql",
+        "db.namespace": this.#schema,
+        ...attributes,
+      },
+    });
+    try {
+      return await body(span);
+    } catch (error) {
+      const streamId = attributes["eventstore.stream_id"];
+      const typed = translateError(
+        error,
+        this.#errorContext(
+          typeof streamId === "string"
+            ? `${operation} for stream ${
+              JSON.stringify(streamId.slice(0, 200))
+            }`
+            : operation,
+        ),
+      );
+      span.recordException(typed);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: typed.message });
+      span.setAttribute("eventstore.error_code", typed.code);
+      if (!(error instanceof EventStoreError)) {
+        this.#log(
+          typed.code === "unavailable" ? "warn" : "error",
+          "Operation failed",
+          { operation, code: typed.code, error: typed.message },
+        );
+      }
+      throw typed;
+    } finally {
+      span.end();
+    }
+  }
+
+  #errorContext(operation: string): ErrorContext {
+    return {
+      operation,
+      server: this.#server,
+      schema: this.#schema,
+      password: this.#password,
+    };
+  }
+
+  #log(level: LogLevel, message: string, fields: Record<string, unknown>) {
+    if (this.#logger === silentLogger) return;
+    try {
+      this.#logger({
+        level,
+        message,
+        fields: { schema: this.#schema, ...fields },
+      });
+    } catch {
+      // A logger that throws must not fail the operation it reports on.
+    }
+  }
+}
+
+/** Waits until every promise settles, or `ms` passed. */
+async function settle(
+  promises: Iterable<Promise<unknown>>,
+  ms: number,
+): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    Promise.allSettled(promises),
+    new Promise((resolve) => timer = setTimeout(resolve, ms)),
+  ]);
+  clearTimeout(timer);
+}
+
+function isSql(value: unknown): value is Sql {
+  return typeof value === "function" &&
+    typeof (value as Partial<Sql>).unsafe === "function" &&
+    typeof (value as Partial<Sql>).reserve === "function";
+}
+
+/** Two appends read the same version; the primary key let one through. */
+function isVersionClash(error: unknown): boolean {
+  return isServerError(error) && error.code === "23505" &&
+    constraintOf(error) === "events_pkey";
+}
+
+/**
+ * `postgres://user@host:port/database` from a postgres.js instance's
+ * options: what messages and logs show, never the password.
+ */
+function describeServer(sql: Sql): string {
+  const options = sql.options;
+  if (options === undefined) return "postgres://(unknown)";
+  const hosts = (options.host ?? []).map((host: string, index: number) =>
+    host.startsWith("/")
+      ? host
+      : `${host.includes(":") ? `[${host}]` : host}:${
+        options.port?.[index] ?? 5432
+      }`
+  ).join(",");
+  const user = options.user ? `${encodeURIComponent(options.user)}@` : "";
+  return redactUrl(`postgres://${user}${hosts}/${options.database ?? ""}`);
+}
+
+/** A plain `Uint8Array` view of bytea (postgres.js gives a `Buffer`). */
+function asBytes(value: Uint8Array): Uint8Array {
+  return value.constructor === Uint8Array
+    ? value
+    : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+}
+
+/** jsonb arrives parsed, or as text from an instance told not to parse it. */
+function asJsonObject(value: unknown): Record<string, unknown> {
+  return typeof value === "string" ? JSON.parse(value) : value as Record<
+    string,
+    unknown
+  >;
+}
+
+function checkOptions(options: PostgresEventStoreOptions): void {
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidArgumentError("options", "must be an object");
+  }
+  if (options.max !== undefined) checkVersion(options.max, "options.max", 1);
+  for (
+    const name of ["idleTimeout", "connectTimeout", "statementTimeout"] as const
+  ) {
+    const value = options[name];
+    if (
+      value !== undefined &&
+      (typeof value !== "number" || !Number.isFinite(value) || value < 0)
+    ) {
+      throw new InvalidArgumentError(
+        `options.${name}`,
+        "must be a finite number of at least 0",
+      );
+    }
+  }
+  if (
+    options.applicationName !== undefined &&
+    (typeof options.applicationName !== "string" ||
+      options.applicationName.includes("\0"))
+  ) {
+    throw new InvalidArgumentError(
+      "options.applicationName",
+      "must be a string without NUL characters",
+    );
+  }
+  if (options.schema !== undefined) quoteSchema(options.schema);
+  if (
+    options.codec !== undefined &&
+    (typeof options.codec?.encode !== "function" ||
+      typeof options.codec?.decode !== "function")
+  ) {
+    throw new InvalidArgumentError(
+      "options.codec",
+      "must have encode and decode methods",
+    );
+  }
+  for (const name of ["logger", "generateId"] as const) {
+    if (options[name] !== undefined && typeof options[name] !== "function") {
+      throw new InvalidArgumentError(`options.${name}`, "must be a function");
+    }
+  }
+}
