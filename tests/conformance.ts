@@ -32,6 +32,12 @@ export interface ConformanceOptions {
   skip?: SkippedCase[];
   /** Deno.test's resource and op sanitizers; on by default. */
   sanitize?: boolean;
+  /**
+   * A digest of everything the store holds (every stream and snapshot, byte
+   * for byte). When given, the bad-input cases check that refused calls
+   * left it unchanged, not only the stream they targeted.
+   */
+  fingerprint?: () => Promise<string>;
 }
 
 /** Opens a store for one case; the case closes it. */
@@ -39,7 +45,23 @@ export type OpenStore = () => EventStore | Promise<EventStore>;
 
 interface ConformanceCase {
   name: string;
-  run(store: EventStore): Promise<void>;
+  run(store: EventStore, storage: StorageCheck): Promise<void>;
+}
+
+/** Checks that calls changed nothing stored, where the store can tell. */
+interface StorageCheck {
+  unchangedBy(calls: () => Promise<void>): Promise<void>;
+}
+
+function storageCheck(fingerprint?: () => Promise<string>): StorageCheck {
+  return {
+    async unchangedBy(calls) {
+      const before = await fingerprint?.();
+      await calls();
+      const after = await fingerprint?.();
+      assert.equal(after, before, "refused calls changed what is stored");
+    },
+  };
 }
 
 /**
@@ -75,7 +97,7 @@ export function testEventStore(
       async fn() {
         const store = await open();
         try {
-          await testCase.run(store);
+          await testCase.run(store, storageCheck(options.fingerprint));
         } finally {
           await store.close();
         }
@@ -768,7 +790,7 @@ const CASES: ConformanceCase[] = [
   },
   {
     name: "data the codec cannot encode is rejected",
-    async run(store) {
+    async run(store, storage) {
       const streamId = newStreamId();
       const cyclic: Record<string, unknown> = {};
       cyclic.self = cyclic;
@@ -787,19 +809,24 @@ const CASES: ConformanceCase[] = [
         ["sparse array", [1, , 3]],
         ["symbol key", { [Symbol("k")]: 1 }],
       ];
-      for (const [label, value] of unencodable) {
-        await assert.rejects(
-          store.appendEvents(streamId, [{ type: "Bad", data: { value } }]),
-          (error) => {
-            assert.ok(error instanceof EncodingError, `${label}: ${error}`);
-            assert.equal(error.code, "encoding");
-            assert.equal(error.field, "events[0].data");
-            assert.equal(error.operation, "encode");
-            assert.match(error.message, /^Cannot encode events\[0\]\.data: /);
-            return true;
-          },
-        );
-      }
+      await storage.unchangedBy(async () => {
+        for (const [label, value] of unencodable) {
+          await assert.rejects(
+            store.appendEvents(streamId, [{ type: "Bad", data: { value } }]),
+            (error) => {
+              assert.ok(error instanceof EncodingError, `${label}: ${error}`);
+              assert.equal(error.code, "encoding");
+              assert.equal(error.field, "events[0].data");
+              assert.equal(error.operation, "encode");
+              assert.match(
+                error.message,
+                /^Cannot encode events\[0\]\.data: /,
+              );
+              return true;
+            },
+          );
+        }
+      });
       await assertUnchanged(store, streamId, 0);
       await store.appendEvents(streamId, events(1));
       await assert.rejects(
@@ -867,7 +894,7 @@ const CASES: ConformanceCase[] = [
   // Bad input: rejected with a typed error naming the field, nothing written.
   {
     name: "bad stream ids are rejected by every method",
-    async run(store) {
+    async run(store, storage) {
       const badIds: unknown[] = [
         "",
         42,
@@ -878,14 +905,16 @@ const CASES: ConformanceCase[] = [
         "\udc00",
         "s".repeat(501),
       ];
-      for (const streamId of badIds) {
-        const id = streamId as string;
-        await assertInvalid(store.appendEvents(id, events(1)), "streamId");
-        await assertInvalid(store.loadEvents(id), "streamId");
-        await assertInvalid(store.streamVersion(id), "streamId");
-        await assertInvalid(store.saveSnapshot(id, 1, {}), "streamId");
-        await assertInvalid(store.loadSnapshot(id), "streamId");
-      }
+      await storage.unchangedBy(async () => {
+        for (const streamId of badIds) {
+          const id = streamId as string;
+          await assertInvalid(store.appendEvents(id, events(1)), "streamId");
+          await assertInvalid(store.loadEvents(id), "streamId");
+          await assertInvalid(store.streamVersion(id), "streamId");
+          await assertInvalid(store.saveSnapshot(id, 1, {}), "streamId");
+          await assertInvalid(store.loadSnapshot(id), "streamId");
+        }
+      });
       // The longest allowed id works.
       const longest = "s".repeat(500);
       await store.appendEvents(longest, events(1));
@@ -894,26 +923,28 @@ const CASES: ConformanceCase[] = [
   },
   {
     name: "bad events and append options are rejected and write nothing",
-    async run(store) {
+    async run(store, storage) {
       const streamId = newStreamId();
       await store.appendEvents(streamId, events(1));
-      for (const [field, args] of invalidAppends(streamId)) {
-        const [id, batch, options] = args();
-        await assertInvalid(
-          store.appendEvents(
-            id as string,
-            batch as NewEvent[],
-            options as undefined,
-          ),
-          field,
-        );
-      }
+      await storage.unchangedBy(async () => {
+        for (const [field, args] of invalidAppends(streamId)) {
+          const [id, batch, options] = args();
+          await assertInvalid(
+            store.appendEvents(
+              id as string,
+              batch as NewEvent[],
+              options as undefined,
+            ),
+            field,
+          );
+        }
+      });
       await assertUnchanged(store, streamId, 1);
     },
   },
   {
     name: "deep nesting is refused cleanly, within the limit it round-trips",
-    async run(store) {
+    async run(store, storage) {
       const streamId = newStreamId();
       const nest = (levels: number): Record<string, unknown> => {
         let value: Record<string, unknown> = {};
@@ -930,22 +961,24 @@ const CASES: ConformanceCase[] = [
         (await store.loadEvents(streamId))[0].metadata,
         nest(64),
       );
-      await assertInvalid(
-        store.appendEvents(streamId, [{
-          type: "Deep",
-          data: null,
-          metadata: nest(65),
-        }]),
-        `events[0].metadata${".a".repeat(64)}`,
-      );
-      // Data so deep that encoding overflows the stack is an EncodingError.
-      let deepData: unknown[] = [];
-      for (let level = 0; level < 100_000; level++) deepData = [deepData];
-      await assert.rejects(
-        store.appendEvents(streamId, [{ type: "Deep", data: deepData }]),
-        (error) =>
-          error instanceof EncodingError && error.field === "events[0].data",
-      );
+      await storage.unchangedBy(async () => {
+        await assertInvalid(
+          store.appendEvents(streamId, [{
+            type: "Deep",
+            data: null,
+            metadata: nest(65),
+          }]),
+          `events[0].metadata${".a".repeat(64)}`,
+        );
+        // Data so deep that encoding overflows the stack is an EncodingError.
+        let deepData: unknown[] = [];
+        for (let level = 0; level < 100_000; level++) deepData = [deepData];
+        await assert.rejects(
+          store.appendEvents(streamId, [{ type: "Deep", data: deepData }]),
+          (error) =>
+            error instanceof EncodingError && error.field === "events[0].data",
+        );
+      });
       await assertUnchanged(store, streamId, 1);
     },
   },
@@ -993,20 +1026,25 @@ const CASES: ConformanceCase[] = [
   },
   {
     name: "bad snapshot versions are rejected and save nothing",
-    async run(store) {
+    async run(store, storage) {
       const streamId = newStreamId();
       await store.appendEvents(streamId, events(3));
-      for (
-        const version of [0, -1, 1.5, Number.MAX_SAFE_INTEGER + 1, NaN, "2"]
-      ) {
+      await storage.unchangedBy(async () => {
+        for (
+          const version of [0, -1, 1.5, Number.MAX_SAFE_INTEGER + 1, NaN, "2"]
+        ) {
+          await assertInvalid(
+            store.saveSnapshot(streamId, version as number, {}),
+            "version",
+          );
+        }
+        // A snapshot cannot be ahead of its stream.
+        await assertInvalid(store.saveSnapshot(streamId, 4, {}), "version");
         await assertInvalid(
-          store.saveSnapshot(streamId, version as number, {}),
+          store.saveSnapshot(newStreamId(), 1, {}),
           "version",
         );
-      }
-      // A snapshot cannot be ahead of its stream.
-      await assertInvalid(store.saveSnapshot(streamId, 4, {}), "version");
-      await assertInvalid(store.saveSnapshot(newStreamId(), 1, {}), "version");
+      });
       assert.equal(await store.loadSnapshot(streamId), undefined);
     },
   },
