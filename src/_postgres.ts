@@ -6,6 +6,8 @@
  * @module
  */
 
+import type postgres from "postgres";
+import type { Sql } from "./migrations.ts";
 import {
   DatabaseError,
   EventStoreError,
@@ -13,6 +15,23 @@ import {
   MigrationError,
   StoreUnavailableError,
 } from "./errors.ts";
+
+/** A postgres.js instance with its full type, for use inside this module. */
+// deno-lint-ignore no-explicit-any
+export type PostgresSql = postgres.Sql<any>;
+
+/** The public {@linkcode Sql} shape as the postgres.js instance it is. */
+export function asPostgres(sql: Sql): PostgresSql {
+  return sql as unknown as PostgresSql;
+}
+
+/** Whether `value` looks like a postgres.js instance. */
+export function isSql(value: unknown): value is Sql {
+  return typeof value === "function" &&
+    typeof (value as Partial<Sql>).unsafe === "function" &&
+    typeof (value as Partial<Sql>).reserve === "function" &&
+    typeof (value as Partial<Sql>).end === "function";
+}
 
 /**
  * Unquoted PostgreSQL identifiers we accept as a schema name: letters,

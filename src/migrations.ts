@@ -10,11 +10,23 @@
 import type postgres from "postgres";
 import { InvalidArgumentError, MigrationError } from "./errors.ts";
 import { type Logger, silentLogger } from "./logger.ts";
-import { quoteSchema, translateError } from "./_postgres.ts";
+import { asPostgres, quoteSchema, translateError } from "./_postgres.ts";
 
-/** A postgres.js `sql` instance, whatever custom types it was given. */
-// deno-lint-ignore no-explicit-any
-export type Sql = postgres.Sql<any>;
+/**
+ * A postgres.js `sql` instance (`postgres(url, options)` from `npm:postgres`),
+ * whatever custom types it was given. Only its shape is named here, so that
+ * this module's documentation does not have to carry postgres.js's.
+ */
+export interface Sql {
+  /** The instance's parsed options (host, port, user, database, …). */
+  readonly options: object;
+  /** Reserves one connection. */
+  reserve(): Promise<unknown>;
+  /** Runs a query given as text. */
+  unsafe(...args: never[]): unknown;
+  /** Closes every connection. */
+  end(options?: { timeout?: number | null }): Promise<void>;
+}
 
 /** One migration: a name that sorts in the order to apply, and its SQL. */
 export interface Migration {
@@ -139,7 +151,7 @@ export async function runMigrations(
 
   let connection: postgres.ReservedSql;
   try {
-    connection = await sql.reserve();
+    connection = await asPostgres(sql).reserve();
   } catch (error) {
     throw translateError(error, context);
   }

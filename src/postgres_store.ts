@@ -48,10 +48,13 @@ import {
   prepareEvents,
 } from "./_input.ts";
 import {
+  asPostgres,
   constraintOf,
   type ErrorContext,
   isServerError,
+  isSql,
   passwordOf,
+  type PostgresSql,
   quoteSchema,
   redactUrl,
   scrub,
@@ -96,8 +99,11 @@ const MAX_APPEND_ATTEMPTS = 100;
 /** How long `close()` lets the store's own calls finish before ending the pool. */
 const CLOSE_GRACE_MS = 5_000;
 
+/** How long `close()` waits for idle sockets to close before destroying them. */
+const SOCKET_CLOSE_TIMEOUT_S = 0.5;
+
 /** The pools this module opened, and so must end on close. */
-const ownedPools = new WeakSet<Sql>();
+const ownedPools = new WeakSet<object>();
 
 const TRACER_NAME = "@deno-eventstore/core";
 
@@ -150,7 +156,7 @@ const TRACER_NAME = "@deno-eventstore/core";
  * ```
  */
 export class PostgresEventStore implements EventStore {
-  readonly #sql: Sql;
+  readonly #sql: PostgresSql;
   readonly #schema: string;
   readonly #statements: Statements;
   readonly #codec: Codec;
@@ -191,23 +197,23 @@ export class PostgresEventStore implements EventStore {
         }
       }
     }
-    if (sql.options?.fetch_types === false) {
+    if (asPostgres(sql).options?.fetch_types === false) {
       throw new InvalidArgumentError(
         "sql",
         "must fetch array types (postgres.js option fetch_types: true, the default)",
       );
     }
     const schema = options.schema ?? "public";
-    this.#sql = sql;
+    this.#sql = asPostgres(sql);
     this.#schema = schema;
     this.#statements = statementsFor(quoteSchema(schema));
     this.#codec = options.codec ?? cborCodec;
     this.#logger = options.logger ?? silentLogger;
     this.#generateId = options.generateId ?? (() => crypto.randomUUID());
     this.#tracer = trace.getTracer(TRACER_NAME);
-    this.#server = describeServer(sql);
-    this.#password = typeof sql.options?.pass === "string"
-      ? sql.options.pass
+    this.#server = describeServer(this.#sql);
+    this.#password = typeof this.#sql.options?.pass === "string"
+      ? this.#sql.options.pass
       : undefined;
   }
 
@@ -245,7 +251,7 @@ export class PostgresEventStore implements EventStore {
     }
     checkOptions(options);
     const password = passwordOf(url);
-    let sql: Sql;
+    let sql: PostgresSql;
     try {
       sql = postgres(url, {
         max: options.max ?? 10,
@@ -501,11 +507,12 @@ export class PostgresEventStore implements EventStore {
     if (this.#closed) return;
     this.#closed = true;
     if (ownedPools.has(this.#sql)) {
-      // Let this store's own calls finish, then end every connection at
-      // once. postgres.js's graceful end can wait for a connection that the
-      // server already reset (under Deno's socket shim) until its timeout.
+      // Let this store's own calls finish first; then postgres.js only has
+      // to close idle sockets, which takes milliseconds. Its end() can wait
+      // for a socket the server already reset (Deno's socket shim never
+      // reports it closed) until the timeout, so that is kept short.
       await settle(this.#inFlight, CLOSE_GRACE_MS);
-      await this.#sql.end({ timeout: 0 });
+      await this.#sql.end({ timeout: SOCKET_CLOSE_TIMEOUT_S });
     }
     this.#log("debug", "Closed", { server: this.#server });
   }
@@ -655,12 +662,6 @@ async function settle(
   clearTimeout(timer);
 }
 
-function isSql(value: unknown): value is Sql {
-  return typeof value === "function" &&
-    typeof (value as Partial<Sql>).unsafe === "function" &&
-    typeof (value as Partial<Sql>).reserve === "function";
-}
-
 /** Two appends read the same version; the primary key let one through. */
 function isVersionClash(error: unknown): boolean {
   return isServerError(error) && error.code === "23505" &&
@@ -671,7 +672,7 @@ function isVersionClash(error: unknown): boolean {
  * `postgres://user@host:port/database` from a postgres.js instance's
  * options: what messages and logs show, never the password.
  */
-function describeServer(sql: Sql): string {
+function describeServer(sql: PostgresSql): string {
   const options = sql.options;
   if (options === undefined) return "postgres://(unknown)";
   const hosts = (options.host ?? []).map((host: string, index: number) =>
