@@ -27,6 +27,20 @@
  * );
  * ```
  *
+ * @example The same on PostgreSQL: connect, migrate, append, load, snapshot
+ * ```ts ignore
+ * import { PostgresEventStore } from "@deno-eventstore/core";
+ *
+ * await using store = await PostgresEventStore.connect(Deno.env.get("DATABASE_URL")!);
+ * await store.migrate(); // creates the tables once; a no-op afterwards
+ * await store.appendEvents("order-42", [
+ *   { type: "OrderPlaced.v1", data: { totalCents: 1999 } },
+ * ], { expectedVersion: "no_stream" });
+ * const events = await store.loadEvents("order-42");
+ * await store.saveSnapshot("order-42", events.length, { status: "placed" });
+ * const snapshot = await store.loadSnapshot<{ status: string }>("order-42");
+ * ```
+ *
  * @module
  */
 
