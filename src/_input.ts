@@ -107,6 +107,27 @@ export function checkVersion(
 }
 
 /**
+ * Checks that a snapshot is not ahead of its stream: that is always a
+ * caller's bug.
+ *
+ * @throws {InvalidArgumentError} `version` is above `streamVersion`.
+ */
+export function checkSnapshotVersion(
+  streamId: string,
+  version: number,
+  streamVersion: number,
+): void {
+  if (version > streamVersion) {
+    throw new InvalidArgumentError(
+      "version",
+      `${version} is ahead of stream ${
+        JSON.stringify(streamId)
+      }, which is at version ${streamVersion}`,
+    );
+  }
+}
+
+/**
  * Checks `options.expectedVersion`, defaulting to `"any"`.
  *
  * @throws {InvalidArgumentError} The options or the version are malformed.

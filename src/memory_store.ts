@@ -15,11 +15,12 @@ import type {
   Snapshot,
 } from "./event_store.ts";
 import { cborCodec, type Codec } from "./codec.ts";
-import { InvalidArgumentError, StoreClosedError } from "./errors.ts";
+import { StoreClosedError } from "./errors.ts";
 import { assertExpectedVersion } from "./expected_version.ts";
 import {
   checkExpectedVersion,
   checkLoadOptions,
+  checkSnapshotVersion,
   checkStreamId,
   checkVersion,
   decodeValue,
@@ -194,14 +195,7 @@ export class InMemoryEventStore implements EventStore {
       checkStreamId(streamId);
       checkVersion(version, "version", 1);
       const streamVersion = this.#streams.get(streamId)?.length ?? 0;
-      if (version > streamVersion) {
-        throw new InvalidArgumentError(
-          "version",
-          `${version} is ahead of stream ${
-            JSON.stringify(streamId)
-          }, which is at version ${streamVersion}`,
-        );
-      }
+      checkSnapshotVersion(streamId, version, streamVersion);
       const encoded = encodeValue(this.#codec, state, "state");
       const stored = this.#snapshots.get(streamId);
       if (stored !== undefined && stored.version > version) return;

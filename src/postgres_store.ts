@@ -41,6 +41,7 @@ import {
 import {
   checkExpectedVersion,
   checkLoadOptions,
+  checkSnapshotVersion,
   checkStreamId,
   checkVersion,
   decodeValue,
@@ -458,14 +459,7 @@ export class PostgresEventStore implements EventStore {
           encoded,
         ], { prepare: true });
         const streamVersion = Number(row.version);
-        if (version > streamVersion) {
-          throw new InvalidArgumentError(
-            "version",
-            `${version} is ahead of stream ${
-              JSON.stringify(streamId)
-            }, which is at version ${streamVersion}`,
-          );
-        }
+        checkSnapshotVersion(streamId, version, streamVersion);
       },
     );
   }
