@@ -84,3 +84,12 @@ export {
   type Sql,
 } from "./src/migrations.ts";
 export type { Logger, LogLevel, LogRecord } from "./src/logger.ts";
+export {
+  type Aggregate,
+  AggregateRepository,
+  type AggregateRepositoryOptions,
+  type HandleOptions,
+  type HandleResult,
+  type LoadAggregateOptions,
+  type LoadedAggregate,
+} from "./src/aggregate.ts";

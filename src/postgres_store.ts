@@ -676,7 +676,11 @@ function describeServer(sql: PostgresSql): string {
         options.port?.[index] ?? 5432
       }`
   ).join(",");
-  const user = options.user ? `${encodeURIComponent(options.user)}@` : "";
+  // A password is shown as *** so that readers know one is in use.
+  const password = options.pass ? ":***" : "";
+  const user = options.user
+    ? `${encodeURIComponent(options.user)}${password}@`
+    : "";
   return redactUrl(`postgres://${user}${hosts}/${options.database ?? ""}`);
 }
 

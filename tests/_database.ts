@@ -99,6 +99,28 @@ export async function createTestDatabase(
 }
 
 /**
+ * {@linkcode createTestDatabase} for a test file: when no PostgreSQL can be
+ * had, it registers a failing test named `<label>: a PostgreSQL server for
+ * the tests` that says how to get one, and returns `undefined` so that the
+ * file registers nothing else. Never a silent skip.
+ *
+ * @param label The test names' prefix, e.g. `PostgresEventStore`.
+ * @returns The database, or `undefined` after registering the failing test.
+ */
+export async function createTestDatabaseOrFail(
+  label: string,
+): Promise<TestDatabase | undefined> {
+  try {
+    return await createTestDatabase();
+  } catch (error) {
+    Deno.test(`${label}: a PostgreSQL server for the tests`, () => {
+      throw error;
+    });
+    return undefined;
+  }
+}
+
+/**
  * The admin URL of the test server (its `postgres` database, or
  * `DATABASE_URL`) and where the server came from, starting it if this
  * `deno test` run has none yet.

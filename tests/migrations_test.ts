@@ -15,7 +15,7 @@ import {
 } from "../mod.ts";
 import { BUNDLED_MIGRATIONS } from "../src/migrations.ts";
 import { main as migrateCommand } from "../migrate.ts";
-import { createTestDatabase, type TestDatabase } from "./_database.ts";
+import { createTestDatabaseOrFail, type TestDatabase } from "./_database.ts";
 
 Deno.test("migrations: the bundled list names every file of migrations/, in order", async () => {
   const files: string[] = [];
@@ -30,12 +30,7 @@ Deno.test("migrations: the bundled list names every file of migrations/, in orde
   assert.ok(migrations.every((migration) => migration.sql.length > 0));
 });
 
-const database = await createTestDatabase().catch((error: Error) => {
-  Deno.test("migrations: a PostgreSQL server for the tests", () => {
-    throw error;
-  });
-  return undefined;
-});
+const database = await createTestDatabaseOrFail("migrations");
 if (database !== undefined) await registerTests(database);
 
 async function registerTests(database: TestDatabase): Promise<void> {

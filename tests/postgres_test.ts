@@ -20,17 +20,11 @@ import {
 } from "../mod.ts";
 import { statementsFor } from "../src/_sql.ts";
 import { newStreamId, testEventStore } from "./conformance.ts";
-import { createTestDatabase, type TestDatabase } from "./_database.ts";
+import { createTestDatabaseOrFail, type TestDatabase } from "./_database.ts";
 import { recordSpans } from "./_tracing.ts";
 
 const spans = recordSpans();
-const database = await createTestDatabase().catch((error: Error) => {
-  // Never a silent skip: without PostgreSQL this file fails, saying why.
-  Deno.test("PostgresEventStore: a PostgreSQL server for the tests", () => {
-    throw error;
-  });
-  return undefined;
-});
+const database = await createTestDatabaseOrFail("PostgresEventStore");
 if (database !== undefined) await registerTests(database);
 
 function events(count: number, type = "Happened"): NewEvent<{ n: number }>[] {
