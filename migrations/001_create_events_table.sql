@@ -27,7 +27,7 @@ COMMENT ON COLUMN events.stream_id IS
 COMMENT ON COLUMN events.version IS
   'Position in the stream, from 1 without gaps. With stream_id the primary key: of two writers racing for the same version exactly one can insert (optimistic concurrency).';
 COMMENT ON COLUMN events.event_id IS
-  'The event''s UUID, given by the caller or generated. Not unique-indexed on purpose: a random-UUID index halved batch insert speed; idempotency is checked per stream.';
+  'The event''s UUID, given by the caller or generated. Not unique-indexed on purpose: a random-UUID index halved batch insert speed.';
 COMMENT ON COLUMN events.event_type IS
   'What happened, e.g. OrderPlaced.v1. Indexed for projections that read one type.';
 COMMENT ON COLUMN events.data IS
@@ -35,7 +35,7 @@ COMMENT ON COLUMN events.data IS
 COMMENT ON COLUMN events.metadata IS
   'Correlation ids, user ids and the like: a JSON object, readable by humans and SQL.';
 COMMENT ON COLUMN events.created_at IS
-  'When the append committed its transaction (now()): one value per append.';
+  'When the append''s transaction started (now()): one value per append.';
 COMMENT ON CONSTRAINT events_pkey ON events IS
   'The concurrency guard: a second event at the same stream version is refused with 23505, which the store reports as a ConcurrencyConflictError.';
 COMMENT ON INDEX events_created_at_idx IS

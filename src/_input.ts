@@ -252,7 +252,9 @@ function prepareEvent(
     metadata: metadata === undefined
       ? {}
       : checkMetadata(metadata, `${field}.metadata`),
-    id: id === undefined ? generateId() : checkUuid(id, `${field}.id`),
+    id: id === undefined
+      ? checkGeneratedId(generateId())
+      : checkUuid(id, `${field}.id`),
     data: encodeValue(codec, data, `${field}.data`),
   };
 }
@@ -267,6 +269,17 @@ function asTypedError(error: unknown, field: string): unknown {
   return new InvalidArgumentError(field, `could not be read: ${message}`, {
     cause: error,
   });
+}
+
+/** A store's id generator is configuration: a bad one is named as such. */
+function checkGeneratedId(value: unknown): string {
+  if (typeof value !== "string" || !UUID_PATTERN.test(value)) {
+    throw new InvalidArgumentError(
+      "options.generateId",
+      `must return UUIDs, returned ${describe(value)}`,
+    );
+  }
+  return value.toLowerCase();
 }
 
 function checkUuid(value: unknown, field: string): string {

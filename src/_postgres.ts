@@ -56,6 +56,30 @@ export function quoteSchema(schema: unknown, field = "options.schema"): string {
 }
 
 /**
+ * Splits a connection string around its user-info's password: the text
+ * before it, the password, and the text after it. The user-info ends at the
+ * last `@` of the authority, so a password with a raw `@`, `#`, `/` or `?`
+ * in it (which a valid URL would percent-encode, but people type) is still
+ * found whole.
+ */
+function splitPassword(
+  url: string,
+): [before: string, password: string, after: string] | undefined {
+  const scheme = url.match(/^[a-z][a-z0-9+.-]*:\/\//i)?.[0];
+  if (scheme === undefined) return undefined;
+  const rest = url.slice(scheme.length);
+  const at = rest.lastIndexOf("@");
+  if (at === -1) return undefined;
+  const colon = rest.indexOf(":");
+  if (colon === -1 || colon > at) return undefined;
+  return [
+    scheme + rest.slice(0, colon + 1),
+    rest.slice(colon + 1, at),
+    rest.slice(at),
+  ];
+}
+
+/**
  * A connection string with its password replaced by `***`, both the
  * `user:password@` form and a `password=` query parameter. Safe to log.
  *
@@ -66,9 +90,9 @@ export function quoteSchema(schema: unknown, field = "options.schema"): string {
  * ```
  */
 export function redactUrl(url: string): string {
-  return url
-    .replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/?#]*):[^@/?#]*@/i, "$1:***@")
-    .replace(/([?&](?:password|pass)=)[^&#]*/gi, "$1***");
+  const parts = splitPassword(url);
+  const redacted = parts === undefined ? url : `${parts[0]}***${parts[2]}`;
+  return redacted.replace(/([?&](?:password|pass)=)[^&#]*/gi, "$1***");
 }
 
 /**
@@ -76,10 +100,8 @@ export function redactUrl(url: string): string {
  * text that might echo it; `undefined` when there is none.
  */
 export function passwordOf(url: string): string | undefined {
-  const inAuthority = url.match(/^[a-z][a-z0-9+.-]*:\/\/[^:@/?#]*:([^@/?#]*)@/i)
-    ?.[1];
-  const inQuery = url.match(/[?&](?:password|pass)=([^&#]*)/i)?.[1];
-  const password = inAuthority ?? inQuery;
+  const password = splitPassword(url)?.[1] ??
+    url.match(/[?&](?:password|pass)=([^&#]*)/i)?.[1];
   if (password === undefined || password === "") return undefined;
   try {
     return decodeURIComponent(password);
@@ -151,6 +173,20 @@ interface ServerError {
   code: string;
   severity: string;
   message: string;
+}
+
+/**
+ * Whether the connection failed or went away: the driver's socket errors and
+ * SQLSTATE class 08 and 57P01–57P03. What was in flight may or may not have
+ * been committed; nothing more should be sent on that connection.
+ */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  if (typeof code !== "string") return false;
+  if (isServerError(error)) {
+    return code.startsWith("08") || /^57P0[123]$/.test(code);
+  }
+  return CONNECTION_ERROR_CODES.has(code);
 }
 
 /** Whether `error` is an error PostgreSQL itself sent. */

@@ -80,7 +80,8 @@ export function statementsFor(schema: string): Statements {
       FROM current`,
     load: `
       SELECT event_id AS id, version, global_position AS position,
-             event_type AS type, data, metadata, created_at AS created
+             event_type AS type, data, metadata::text AS metadata,
+             created_at AS created
       FROM ${events}
       WHERE stream_id = $1 AND version >= $2::bigint
       ORDER BY version

@@ -9,7 +9,7 @@
 
 import type { EventStore, NewEvent, RecordedEvent } from "./event_store.ts";
 import { ConcurrencyConflictError, InvalidArgumentError } from "./errors.ts";
-import { type Logger, silentLogger } from "./logger.ts";
+import { type Logger, logSafely, silentLogger } from "./logger.ts";
 import { checkStreamId, checkVersion } from "./_input.ts";
 
 /**
@@ -290,12 +290,17 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
       } catch (error) {
         if (!(error instanceof ConcurrencyConflictError)) throw error;
         if (retries >= maxRetries) throw error;
-        this.#log("debug", "Retrying a command after a conflict", {
-          streamId,
-          retry: retries + 1,
-          expectedVersion: loaded.version,
-          actualVersion: error.actualVersion,
-        });
+        logSafely(
+          this.#logger,
+          "debug",
+          "Retrying a command after a conflict",
+          {
+            streamId,
+            retry: retries + 1,
+            expectedVersion: loaded.version,
+            actualVersion: error.actualVersion,
+          },
+        );
         continue;
       }
       let state = loaded.state;
@@ -346,24 +351,12 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
       return after;
     } catch (error) {
       // The events are stored; a missing snapshot only makes loads longer.
-      this.#log("warn", "Could not save a snapshot", {
+      logSafely(this.#logger, "warn", "Could not save a snapshot", {
         streamId,
         version: after,
         error: error instanceof Error ? error.message : String(error),
       });
       return undefined;
-    }
-  }
-
-  #log(
-    level: "debug" | "warn",
-    message: string,
-    fields: Record<string, unknown>,
-  ): void {
-    try {
-      this.#logger({ level, message, fields });
-    } catch {
-      // A logger that throws must not fail the command it reports on.
     }
   }
 }

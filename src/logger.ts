@@ -34,3 +34,21 @@ export type Logger = (record: LogRecord) => void;
 
 /** The default: drops every record. */
 export const silentLogger: Logger = () => {};
+
+/**
+ * Sends one record to a logger, ignoring a logger that throws: logging never
+ * fails the operation it reports on.
+ */
+export function logSafely(
+  logger: Logger,
+  level: LogLevel,
+  message: string,
+  fields: Record<string, unknown>,
+): void {
+  if (logger === silentLogger) return;
+  try {
+    logger({ level, message, fields });
+  } catch {
+    // A broken logger is the application's to notice; the data is safe.
+  }
+}

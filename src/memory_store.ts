@@ -194,9 +194,10 @@ export class InMemoryEventStore implements EventStore {
     return this.#run("save a snapshot", () => {
       checkStreamId(streamId);
       checkVersion(version, "version", 1);
+      // Encoded before the stream is consulted, as a database store must.
+      const encoded = encodeValue(this.#codec, state, "state");
       const streamVersion = this.#streams.get(streamId)?.length ?? 0;
       checkSnapshotVersion(streamId, version, streamVersion);
-      const encoded = encodeValue(this.#codec, state, "state");
       const stored = this.#snapshots.get(streamId);
       if (stored !== undefined && stored.version > version) return;
       this.#snapshots.set(streamId, {

@@ -9,8 +9,14 @@
 
 import type postgres from "postgres";
 import { InvalidArgumentError, MigrationError } from "./errors.ts";
-import { type Logger, silentLogger } from "./logger.ts";
-import { asPostgres, quoteSchema, translateError } from "./_postgres.ts";
+import { type Logger, logSafely, silentLogger } from "./logger.ts";
+import {
+  asPostgres,
+  isConnectionError,
+  type PostgresSql,
+  quoteSchema,
+  translateError,
+} from "./_postgres.ts";
 
 /**
  * A postgres.js `sql` instance (`postgres(url, options)` from `npm:postgres`),
@@ -103,21 +109,25 @@ export async function bundledMigrations(): Promise<Migration[]> {
 
 /**
  * Applies the pending migrations to a schema, creating the schema when it is
- * missing. Each migration runs in its own transaction with `search_path` set
- * to the schema and is recorded in `<schema>.schema_migrations` with the
- * SHA-256 of its text (line endings normalised). A session advisory lock per
- * schema makes concurrent runs, from any number of processes, safe: one
- * applies, the others wait and then find nothing to do. Running it again is
- * a no-op.
+ * missing. Each migration runs in its own transaction, with `search_path` set
+ * to the schema and no statement timeout, and is recorded in
+ * `<schema>.schema_migrations` with the SHA-256 of its text (line endings
+ * normalised). Each transaction first takes a transaction-scoped advisory
+ * lock per schema, so concurrent runs from any number of processes apply
+ * every migration exactly once, in order; a lock held by a connection that
+ * dies is released with it. When nothing is pending it runs no DDL at all,
+ * so a role without CREATE privileges can call it at every start-up.
+ * Migration files must not contain `BEGIN` or `COMMIT` of their own.
  *
- * @param sql A postgres.js instance; one of its connections is reserved for
- *   the run.
+ * @param sql A postgres.js instance.
  * @param options The schema, the migrations and a logger.
- * @returns Which migrations were applied now and which were already applied.
+ * @returns Which migrations this run applied and which were already applied.
  * @throws {MigrationError} An applied migration's text changed, or a
  *   migration failed (it was rolled back; earlier ones stay applied).
  * @throws {InvalidArgumentError} The schema name or a migration is malformed.
- * @throws {StoreUnavailableError} The database cannot be reached.
+ * @throws {StoreUnavailableError} The database cannot be reached, or the
+ *   connection was lost (a migration in flight was rolled back or, if the
+ *   loss came during its commit, possibly applied: run again to find out).
  *
  * @example Migrate at start-up
  * ```ts ignore
@@ -143,70 +153,103 @@ export async function runMigrations(
   const checksums = await Promise.all(
     migrations.map((migration) => checksum(migration.sql)),
   );
-  const context = {
-    operation: `migrate schema "${schema}"`,
-    server: "the database",
-    schema,
-  };
-
-  let connection: postgres.ReservedSql;
+  const postgresSql = asPostgres(sql);
+  const result: MigrationResult = { applied: [], alreadyApplied: [] };
+  let recordedBefore: Map<string, string> | undefined;
   try {
-    connection = await asPostgres(sql).reserve();
-  } catch (error) {
-    throw translateError(error, context);
-  }
-  const lockKey = `deno-eventstore migrations ${schema}`;
-  try {
-    await connection`SELECT pg_advisory_lock(hashtextextended(${lockKey}, 0))`;
-    try {
-      return await applyPending(connection, {
+    for (;;) {
+      const state = await readState(postgresSql, quoted);
+      recordedBefore ??= state.recorded;
+      checkUnchanged(schema, migrations, checksums, state.recorded);
+      const index = migrations.findIndex((migration) =>
+        !state.recorded.has(migration.name)
+      );
+      if (index === -1) break;
+      const migration = migrations[index];
+      const started = performance.now();
+      const outcome = await applyOne(postgresSql, {
         schema,
         quoted,
-        migrations,
-        checksums,
-        logger,
+        state,
+        migration,
+        checksum: checksums[index],
       });
-    } finally {
-      // Fails only when the connection died, which released the lock anyway;
-      // the error that matters is the one already on its way.
-      await connection`SELECT pg_advisory_unlock(hashtextextended(${lockKey}, 0))`
-        .catch(() => {});
+      // Another process applied it first: read again and go on from there.
+      if (outcome === "applied elsewhere") continue;
+      result.applied.push(migration.name);
+      logSafely(logger, "info", "Applied migration", {
+        schema,
+        migration: migration.name,
+        durationMs: Math.round(performance.now() - started),
+      });
     }
   } catch (error) {
-    throw translateError(error, context);
-  } finally {
-    connection.release();
+    throw translateError(error, {
+      operation: `migrate schema "${schema}"`,
+      server: "the database",
+      schema,
+    });
   }
+  result.alreadyApplied = migrations
+    .filter((migration) => recordedBefore?.has(migration.name))
+    .map((migration) => migration.name);
+  const known = new Set(migrations.map((migration) => migration.name));
+  for (const name of recordedBefore?.keys() ?? []) {
+    if (!known.has(name)) {
+      logSafely(
+        logger,
+        "warn",
+        "Applied migration is unknown to this version",
+        {
+          schema,
+          migration: name,
+        },
+      );
+    }
+  }
+  if (result.applied.length === 0) {
+    logSafely(logger, "debug", "Migrations are up to date", {
+      schema,
+      count: result.alreadyApplied.length,
+    });
+  }
+  return result;
 }
 
-interface ApplyPlan {
-  schema: string;
-  quoted: string;
-  migrations: Migration[];
-  checksums: string[];
-  logger: Logger;
+/** What the schema holds now: read without locks, privileges or DDL. */
+interface SchemaState {
+  schemaExists: boolean;
+  tableExists: boolean;
+  /** Applied migrations and their checksums. */
+  recorded: Map<string, string>;
 }
 
-/** The part that runs under the advisory lock. */
-async function applyPending(
-  connection: postgres.ReservedSql,
-  plan: ApplyPlan,
-): Promise<MigrationResult> {
-  const { schema, quoted, migrations, checksums, logger } = plan;
-  await connection.unsafe(`CREATE SCHEMA IF NOT EXISTS ${quoted}`);
-  await connection.unsafe(
-    `CREATE TABLE IF NOT EXISTS ${quoted}.schema_migrations (
-       name text PRIMARY KEY,
-       checksum text NOT NULL,
-       applied_at timestamptz NOT NULL DEFAULT now()
-     )`,
-  );
-  const rows = await connection.unsafe<{ name: string; checksum: string }[]>(
-    `SELECT name, checksum FROM ${quoted}.schema_migrations`,
-  );
-  const recorded = new Map(rows.map((row) => [row.name, row.checksum]));
+async function readState(
+  sql: PostgresSql,
+  quoted: string,
+): Promise<SchemaState> {
+  const [found] = await sql`
+    SELECT to_regnamespace(${quoted}) IS NOT NULL AS schema,
+           to_regclass(${`${quoted}.schema_migrations`}) IS NOT NULL AS table`;
+  const rows = found.table
+    ? await sql.unsafe<{ name: string; checksum: string }[]>(
+      `SELECT name, checksum FROM ${quoted}.schema_migrations`,
+    )
+    : [];
+  return {
+    schemaExists: found.schema,
+    tableExists: found.table,
+    recorded: new Map(rows.map((row) => [row.name, row.checksum])),
+  };
+}
 
-  // Refuse a changed file before applying anything after it.
+/** Refuses to go on when an applied file's text changed. */
+function checkUnchanged(
+  schema: string,
+  migrations: Migration[],
+  checksums: string[],
+  recorded: Map<string, string>,
+): void {
   migrations.forEach((migration, index) => {
     const stored = recorded.get(migration.name);
     if (stored !== undefined && stored !== checksums[index]) {
@@ -220,75 +263,83 @@ async function applyPending(
       );
     }
   });
-  const known = new Set(migrations.map((migration) => migration.name));
-  for (const name of recorded.keys()) {
-    if (!known.has(name)) {
-      logger({
-        level: "warn",
-        message: "Applied migration is unknown to this version",
-        fields: { schema, migration: name },
-      });
-    }
-  }
-
-  const result: MigrationResult = { applied: [], alreadyApplied: [] };
-  for (const [index, migration] of migrations.entries()) {
-    if (recorded.has(migration.name)) {
-      result.alreadyApplied.push(migration.name);
-      continue;
-    }
-    const started = performance.now();
-    await applyOne(connection, quoted, migration, checksums[index], schema);
-    result.applied.push(migration.name);
-    logger({
-      level: "info",
-      message: "Applied migration",
-      fields: {
-        schema,
-        migration: migration.name,
-        durationMs: Math.round(performance.now() - started),
-      },
-    });
-  }
-  if (result.applied.length === 0) {
-    logger({
-      level: "debug",
-      message: "Migrations are up to date",
-      fields: { schema, count: result.alreadyApplied.length },
-    });
-  }
-  return result;
 }
 
+/** Raised inside a batch whose migration another process applied first. */
+const APPLIED_ELSEWHERE = "deno-eventstore: migration already applied";
+
+/**
+ * Applies one migration as a single simple-protocol query: several
+ * statements that PostgreSQL runs as one implicit transaction. A single
+ * query, rather than `BEGIN … COMMIT` over several, because postgres.js
+ * crashes the process (an uncaught TypeError) when it rolls back a
+ * transaction whose connection was killed; one query just fails.
+ */
 async function applyOne(
-  connection: postgres.ReservedSql,
-  quoted: string,
-  migration: Migration,
-  checksum: string,
-  schema: string,
-): Promise<void> {
-  await connection.unsafe("BEGIN");
+  sql: PostgresSql,
+  step: {
+    schema: string;
+    quoted: string;
+    state: SchemaState;
+    migration: Migration;
+    checksum: string;
+  },
+): Promise<"applied" | "applied elsewhere"> {
+  const { schema, quoted, state, migration, checksum } = step;
+  const name = literal(migration.name);
+  const batch = [
+    // The store's statementTimeout is for appends, not for waiting on the
+    // lock or for DDL on a large table.
+    "SET LOCAL statement_timeout = 0",
+    `SELECT pg_advisory_xact_lock(hashtextextended(${
+      literal(`deno-eventstore migrations ${schema}`)
+    }, 0))`,
+    // Only with something to do, and only what is missing: DDL needs
+    // privileges that an up-to-date schema never asks for.
+    ...(state.schemaExists ? [] : [`CREATE SCHEMA IF NOT EXISTS ${quoted}`]),
+    ...(state.tableExists ? [] : [
+      `CREATE TABLE IF NOT EXISTS ${quoted}.schema_migrations (
+         name text PRIMARY KEY,
+         checksum text NOT NULL,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    ]),
+    // Under the lock: another process may have applied it meanwhile.
+    `DO $check$ BEGIN
+       IF EXISTS (SELECT 1 FROM ${quoted}.schema_migrations WHERE name = ${name}) THEN
+         RAISE EXCEPTION ${literal(APPLIED_ELSEWHERE)};
+       END IF;
+     END $check$`,
+    `SET LOCAL search_path TO ${quoted}`,
+    migration.sql,
+    `INSERT INTO ${quoted}.schema_migrations (name, checksum)
+     VALUES (${name}, ${literal(checksum)})`,
+    // The newline before each semicolon ends a `--` comment that a file's
+    // last line may be.
+  ].join("\n;\n");
   try {
-    await connection.unsafe(`SET LOCAL search_path TO ${quoted}`);
-    // No parameters: the simple protocol runs a file of many statements.
-    await connection.unsafe(migration.sql);
-    await connection.unsafe(
-      `INSERT INTO ${quoted}.schema_migrations (name, checksum) VALUES ($1, $2)`,
-      [migration.name, checksum],
-    );
-    await connection.unsafe("COMMIT");
+    await sql.unsafe(batch);
+    return "applied";
   } catch (cause) {
-    await connection.unsafe("ROLLBACK").catch(() => {});
+    if (isConnectionError(cause)) throw cause; // reported as unavailable
     const problem = cause instanceof Error ? cause.message : String(cause);
-    const sqlState = (cause as { code?: unknown })?.code;
-    if (typeof sqlState === "string" && /^(08|57P0)/.test(sqlState)) {
-      throw cause; // the connection went away: reported as unavailable
-    }
+    if (problem === APPLIED_ELSEWHERE) return "applied elsewhere";
     throw new MigrationError(
       `Cannot migrate schema "${schema}": migration ${migration.name} failed and was rolled back: ${problem}`,
       { cause, migration: migration.name },
     );
   }
+}
+
+/**
+ * A string as an SQL literal. Dollar quoting, with a tag the text does not
+ * contain, so nothing in it can end the literal (names and checksums are
+ * ours or the application's, but a name with a quote must still work).
+ */
+function literal(text: string): string {
+  let tag = "lit";
+  while (text.includes(`$${tag}$`)) tag += "_";
+  return `$${tag}$${text}$${tag}$`;
 }
 
 /** Checks the list and sorts it by name, the order in which it applies. */

@@ -31,7 +31,12 @@ import {
   InvalidArgumentError,
   StoreClosedError,
 } from "./errors.ts";
-import { type Logger, type LogLevel, silentLogger } from "./logger.ts";
+import {
+  type Logger,
+  type LogLevel,
+  logSafely,
+  silentLogger,
+} from "./logger.ts";
 import {
   type MigrateOptions,
   type MigrationResult,
@@ -52,13 +57,13 @@ import {
   asPostgres,
   constraintOf,
   type ErrorContext,
+  isConnectionError,
   isServerError,
   isSql,
   passwordOf,
   type PostgresSql,
   quoteSchema,
   redactUrl,
-  scrub,
   translateError,
 } from "./_postgres.ts";
 import { ARRAY_OID, type Statements, statementsFor } from "./_sql.ts";
@@ -165,7 +170,7 @@ export class PostgresEventStore implements EventStore {
   readonly #generateId: () => string;
   readonly #tracer: Tracer;
   readonly #server: string;
-  readonly #password: string | undefined;
+  #password: string | undefined;
   readonly #inFlight = new Set<Promise<unknown>>();
   #closed = false;
 
@@ -260,6 +265,11 @@ export class PostgresEventStore implements EventStore {
         connect_timeout: options.connectTimeout ?? 30,
         connection: {
           application_name: options.applicationName ?? "deno-eventstore",
+          // The append statement is written for READ COMMITTED: a race shows
+          // as a key violation. A database default of SERIALIZABLE would turn
+          // races into serialization failures instead (handled too, by retry,
+          // but at the cost of aborted work).
+          default_transaction_isolation: "read committed",
           ...(options.statementTimeout === undefined
             ? {}
             : { statement_timeout: options.statementTimeout }),
@@ -267,20 +277,24 @@ export class PostgresEventStore implements EventStore {
         types: { bigint: postgres.BigInt },
         onnotice: () => {},
       });
-    } catch (error) {
-      // postgres.js parses the URL eagerly; its message may echo it.
+    } catch {
+      // postgres.js parses the URL eagerly, and its message echoes the URL,
+      // password and all when the password has a character URLs reserve:
+      // so nothing of it is repeated here.
       throw new InvalidArgumentError(
         "url",
-        `is not a usable connection string (${
-          scrub(
-            error instanceof Error ? error.message : String(error),
-            password,
-          )
-        })`,
+        "is not a usable connection string (postgres://user:password@host:5432/database, with reserved characters in the password percent-encoded)",
+        {
+          cause: new Error(
+            "the parser's message is withheld: it may hold the password",
+          ),
+        },
       );
     }
     ownedPools.add(sql);
     const store = new PostgresEventStore(sql, options);
+    // As typed in the URL: what a driver message would echo, if any did.
+    store.#password = password ?? store.#password;
     try {
       await store.#run("connect", {}, () => sql`SELECT 1`);
     } catch (error) {
@@ -363,17 +377,15 @@ export class PostgresEventStore implements EventStore {
             span.setAttribute("eventstore.version", version);
             return { version, globalPosition: BigInt(row.position) };
           } catch (error) {
-            if (!isVersionClash(error)) throw error;
-            // Another append took the version this one read. For "any" and
-            // "stream_exists" the expectation still holds: read again.
-            if (
-              (expected === "any" || expected === "stream_exists") &&
-              attempt < MAX_APPEND_ATTEMPTS
-            ) {
+            const retry = retryAfter(error, expected);
+            if (retry === "never") throw error;
+            if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
               this.#log("debug", "Retrying an append that lost a race", {
                 streamId,
                 attempt,
+                reason: isServerError(error) ? error.code : "unknown",
               });
+              await backOff(attempt);
               continue;
             }
             throw this.#conflict(
@@ -399,11 +411,13 @@ export class PostgresEventStore implements EventStore {
       async (span) => {
         checkStreamId(streamId);
         const { fromVersion, maxCount } = checkLoadOptions(options);
-        const rows = await this.#sql.unsafe(this.#statements.load, [
-          streamId,
-          fromVersion,
-          Number.isFinite(maxCount) ? maxCount : null,
-        ], { prepare: true });
+        const rows = await this.#read(() =>
+          this.#sql.unsafe(this.#statements.load, [
+            streamId,
+            fromVersion,
+            Number.isFinite(maxCount) ? maxCount : null,
+          ], { prepare: true })
+        );
         const events = new Array<RecordedEvent<D>>(rows.length);
         for (let index = 0; index < rows.length; index++) {
           const row = rows[index];
@@ -471,9 +485,11 @@ export class PostgresEventStore implements EventStore {
       { "eventstore.stream_id": streamId },
       async (span) => {
         checkStreamId(streamId);
-        const [row] = await this.#sql.unsafe(this.#statements.loadSnapshot, [
-          streamId,
-        ], { prepare: true });
+        const [row] = await this.#read(() =>
+          this.#sql.unsafe(this.#statements.loadSnapshot, [streamId], {
+            prepare: true,
+          })
+        );
         if (row === undefined) return undefined;
         const version = Number(row.version);
         span.setAttribute("eventstore.version", version);
@@ -534,10 +550,31 @@ export class PostgresEventStore implements EventStore {
   }
 
   async #readStreamVersion(streamId: string): Promise<number> {
-    const [row] = await this.#sql.unsafe(this.#statements.streamVersion, [
-      streamId,
-    ], { prepare: true });
+    const [row] = await this.#read(() =>
+      this.#sql.unsafe(this.#statements.streamVersion, [streamId], {
+        prepare: true,
+      })
+    );
     return Number(row.version);
+  }
+
+  /**
+   * Runs a read, and once more if the connection failed: a read changes
+   * nothing, so repeating it is safe, and it spares the caller the error
+   * that the first call after a lost connection can get (postgres.js hands
+   * the dead connection's farewell to the next query) once it reconnected.
+   * Appends are never repeated this way: their outcome is unknown.
+   */
+  async #read<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } catch (error) {
+      if (!isConnectionError(error)) throw error;
+      this.#log("debug", "Repeating a read after a connection error", {
+        error: error instanceof Error ? error.message : String(error),
+      });
+      return await query();
+    }
   }
 
   #conflict(
@@ -630,16 +667,10 @@ export class PostgresEventStore implements EventStore {
   }
 
   #log(level: LogLevel, message: string, fields: Record<string, unknown>) {
-    if (this.#logger === silentLogger) return;
-    try {
-      this.#logger({
-        level,
-        message,
-        fields: { schema: this.#schema, ...fields },
-      });
-    } catch {
-      // A logger that throws must not fail the operation it reports on.
-    }
+    logSafely(this.#logger, level, message, {
+      schema: this.#schema,
+      ...fields,
+    });
   }
 }
 
@@ -656,10 +687,38 @@ async function settle(
   clearTimeout(timer);
 }
 
-/** Two appends read the same version; the primary key let one through. */
-function isVersionClash(error: unknown): boolean {
-  return isServerError(error) && error.code === "23505" &&
-    constraintOf(error) === "events_pkey";
+/**
+ * What to do after an append failed:
+ * - `"retry"`: the statement may simply be run again. A serialization
+ *   failure or deadlock (under an isolation level above READ COMMITTED)
+ *   says nothing about versions; a key violation after a race leaves an
+ *   `"any"` or `"stream_exists"` expectation true.
+ * - `"conflict"`: another append took the version expected.
+ * - `"never"`: not a race at all.
+ */
+function retryAfter(
+  error: unknown,
+  expected: ExpectedVersion,
+): "retry" | "conflict" | "never" {
+  if (!isServerError(error)) return "never";
+  if (error.code === "40001" || error.code === "40P01") return "retry";
+  if (error.code !== "23505" || constraintOf(error) !== "events_pkey") {
+    return "never";
+  }
+  return expected === "any" || expected === "stream_exists"
+    ? "retry"
+    : "conflict";
+}
+
+/**
+ * Waits before a retry: not at all for the first ones (a lost race is
+ * usually over by then), then a random few milliseconds, growing, so that
+ * many writers on one stream stop colliding in lockstep.
+ */
+async function backOff(attempt: number): Promise<void> {
+  if (attempt < 3) return;
+  const ms = Math.random() * Math.min(50, 2 ** (attempt - 2));
+  await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /**

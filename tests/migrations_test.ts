@@ -12,6 +12,7 @@ import {
   MigrationError,
   PostgresEventStore,
   runMigrations,
+  StoreUnavailableError,
 } from "../mod.ts";
 import { BUNDLED_MIGRATIONS } from "../src/migrations.ts";
 import { main as migrateCommand } from "../migrate.ts";
@@ -103,9 +104,10 @@ async function registerTests(database: TestDatabase): Promise<void> {
         [...first.applied, ...second.applied].sort(),
         [...BUNDLED_MIGRATIONS],
       );
-      // One run applied everything; the other waited and found nothing to do.
-      assert.ok(
-        first.applied.length === 0 || second.applied.length === 0,
+      // Each file was applied by exactly one of them (which one is a race).
+      assert.equal(
+        new Set([...first.applied, ...second.applied]).size,
+        first.applied.length + second.applied.length,
         JSON.stringify([first, second]),
       );
       const [row] = await sql.unsafe(
@@ -120,18 +122,19 @@ async function registerTests(database: TestDatabase): Promise<void> {
   Deno.test("migrations: a changed applied file is refused and nothing after it runs", async () => {
     const schema = freshSchema();
     const original: Migration[] = [
-      { name: "001_a.sql", sql: "CREATE TABLE a (id int);" },
+      // A quote in the name, and a last line that is a comment.
+      { name: "001_a's.sql", sql: "CREATE TABLE a (id int) -- no newline" },
     ];
     await runMigrations(sql, { schema, migrations: original });
     const changed: Migration[] = [
-      { name: "001_a.sql", sql: "CREATE TABLE a (id bigint);" },
+      { name: "001_a's.sql", sql: "CREATE TABLE a (id bigint);" },
       { name: "002_b.sql", sql: "CREATE TABLE b (id int);" },
     ];
     await assert.rejects(
       runMigrations(sql, { schema, migrations: changed }),
       (error) => {
         assert.ok(error instanceof MigrationError, String(error));
-        assert.equal(error.migration, "001_a.sql");
+        assert.equal(error.migration, "001_a's.sql");
         assert.match(error.message, /was changed after it was applied/);
         return true;
       },
@@ -173,6 +176,107 @@ async function registerTests(database: TestDatabase): Promise<void> {
       `SELECT name FROM "${schema}".schema_migrations`,
     );
     assert.deepEqual(names.map((row) => row.name), ["001_ok.sql"]);
+  });
+
+  Deno.test("migrations: a connection lost mid-migration is a typed error; the next run applies it", async () => {
+    const schema = freshSchema();
+    const applicationName = `migrating-${schemaCount}`;
+    // Slow only on the connection that the test kills.
+    const migrations: Migration[] = [
+      { name: "001_fast.sql", sql: "CREATE TABLE fast (id int);" },
+      {
+        name: "002_slow.sql",
+        sql: `CREATE TABLE slow (id int);
+              SELECT pg_sleep(CASE WHEN current_setting('application_name') LIKE 'migrating-%'
+                                   THEN 30 ELSE 0 END);`,
+      },
+    ];
+    const doomed = postgres(database.url, {
+      max: 1,
+      onnotice: () => {},
+      connection: { application_name: applicationName },
+    });
+    try {
+      const run = runMigrations(doomed, { schema, migrations }).then(
+        () => undefined,
+        (error) => error,
+      );
+      for (let waited = 0; waited < 500; waited++) {
+        const [row] = await sql`
+          SELECT count(*)::int AS sleeping FROM pg_stat_activity
+          WHERE application_name = ${applicationName} AND query LIKE '%pg_sleep%'`;
+        if (row.sleeping > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE application_name = ${applicationName}`;
+      const error = await run;
+      assert.ok(error instanceof StoreUnavailableError, String(error));
+    } finally {
+      await doomed.end({ timeout: 1 });
+    }
+    assert.equal(await tableExists(`${schema}.slow`), false);
+    const again = await runMigrations(sql, { schema, migrations });
+    assert.deepEqual(again, {
+      applied: ["002_slow.sql"],
+      alreadyApplied: ["001_fast.sql"],
+    });
+  });
+
+  Deno.test("migrations: the store's statementTimeout does not cut a migration short", async () => {
+    const schema = freshSchema();
+    await using store = await PostgresEventStore.connect(database.url, {
+      schema,
+      max: 1,
+      statementTimeout: 100,
+    });
+    const result = await store.migrate({
+      migrations: [{
+        name: "001_slow.sql",
+        sql: "SELECT pg_sleep(0.3); CREATE TABLE t (id int);",
+      }],
+    });
+    assert.deepEqual(result.applied, ["001_slow.sql"]);
+  });
+
+  Deno.test("migrations: a role without CREATE privileges can run an up-to-date migrate()", async () => {
+    const schema = freshSchema();
+    await runMigrations(sql, { schema });
+    const role = `app_${schemaCount}_${Date.now() % 100_000}`;
+    await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
+    await sql.unsafe(`GRANT USAGE ON SCHEMA "${schema}" TO ${role}`);
+    await sql.unsafe(
+      `GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA "${schema}" TO ${role}`,
+    );
+    const url = new URL(database.url);
+    url.username = role;
+    const restricted = postgres(url.href, { max: 1, onnotice: () => {} });
+    try {
+      // It really may not create anything.
+      await assert.rejects(
+        restricted.unsafe(`CREATE TABLE "${schema}".forbidden (id int)`),
+      );
+      const result = await runMigrations(restricted, { schema });
+      assert.deepEqual(result, {
+        applied: [],
+        alreadyApplied: [...BUNDLED_MIGRATIONS],
+      });
+    } finally {
+      await restricted.end();
+      await sql.unsafe(`DROP OWNED BY ${role}`);
+      await sql.unsafe(`DROP ROLE ${role}`);
+    }
+  });
+
+  Deno.test("migrations: a logger that throws changes nothing", async () => {
+    const schema = freshSchema();
+    const result = await runMigrations(sql, {
+      schema,
+      logger: () => {
+        throw new Error("a broken logger");
+      },
+    });
+    assert.deepEqual(result.applied, [...BUNDLED_MIGRATIONS]);
   });
 
   Deno.test("migrations: malformed lists and schema names are refused before any SQL", async () => {

@@ -20,7 +20,11 @@ import {
 } from "../mod.ts";
 import { statementsFor } from "../src/_sql.ts";
 import { newStreamId, testEventStore } from "./conformance.ts";
-import { createTestDatabaseOrFail, type TestDatabase } from "./_database.ts";
+import {
+  createTestDatabase,
+  createTestDatabaseOrFail,
+  type TestDatabase,
+} from "./_database.ts";
 import { recordSpans } from "./_tracing.ts";
 
 const spans = recordSpans();
@@ -369,6 +373,109 @@ async function registerTests(database: TestDatabase): Promise<void> {
     );
   });
 
+  Deno.test("PostgresEventStore: a malformed URL never echoes its password", async () => {
+    const server = new URL(url);
+    for (
+      const password of ["se#cret-1x", "p/ss?w0rd@x", "a:b%zz-pass"]
+    ) {
+      for (
+        const bad of [
+          `postgres://u:${password}@${server.host}/db`,
+          `postgres://u:${password}@${server.hostname}:notaport/db`,
+        ]
+      ) {
+        const error = await PostgresEventStore.connect(bad, {
+          connectTimeout: 2,
+        }).then(
+          (store) => (store.close(), undefined),
+          (error) => error,
+        );
+        assert.ok(error instanceof Error, `${bad} connected`);
+        const shown = `${error.message}\n${Deno.inspect(error, { depth: 10 })}`;
+        assert.ok(!shown.includes(password), shown);
+      }
+    }
+  });
+
+  Deno.test("PostgresEventStore: works on a database whose default isolation is SERIALIZABLE", async () => {
+    const serializable = await createTestDatabase();
+    try {
+      await admin.unsafe(
+        `ALTER DATABASE "${serializable.name}" SET default_transaction_isolation = 'serializable'`,
+      );
+      {
+        await using store = await PostgresEventStore.connect(serializable.url);
+        await store.migrate();
+      }
+      // An application's own instance keeps the database default: races
+      // surface as serialization failures, which the store retries.
+      const sql = postgres(serializable.url, { max: 8, onnotice: () => {} });
+      const [isolation] = await sql`SHOW transaction_isolation`;
+      assert.equal(isolation.transaction_isolation, "serializable");
+      const stores: [string, PostgresEventStore][] = [
+        [
+          "its own pool",
+          await PostgresEventStore.connect(serializable.url, { max: 8 }),
+        ],
+        ["the application's instance", new PostgresEventStore(sql)],
+      ];
+      try {
+        for (const [label, store] of stores) {
+          const streamId = newStreamId();
+          const results = await Promise.all(
+            Array.from(
+              { length: 16 },
+              (_, writer) =>
+                store.appendEvents(streamId, [{ type: "Any", data: writer }]),
+            ),
+          );
+          assert.deepEqual(
+            results.map((result) => result.version).sort((a, b) => a - b),
+            Array.from({ length: 16 }, (_, index) => index + 1),
+            label,
+          );
+        }
+      } finally {
+        for (const [, store] of stores) await store.close();
+        await sql.end();
+      }
+    } finally {
+      await serializable.drop();
+    }
+  });
+
+  Deno.test("PostgresEventStore: ids from a broken generateId are refused before writing", async () => {
+    await using store = await open({ generateId: () => "not-a-uuid" });
+    const streamId = newStreamId();
+    await assert.rejects(
+      store.appendEvents(streamId, events(1)),
+      (error) =>
+        error instanceof InvalidArgumentError &&
+        error.field === "options.generateId",
+    );
+    assert.equal(await store.streamVersion(streamId), 0);
+  });
+
+  Deno.test("PostgresEventStore: an application instance with postgres.camel keeps metadata keys as written", async () => {
+    const sql = postgres(url, {
+      max: 1,
+      onnotice: () => {},
+      transform: postgres.camel,
+    });
+    try {
+      const store = new PostgresEventStore(sql);
+      const streamId = newStreamId();
+      const metadata = { correlation_id: "c-1", nested: { user_id: "u-1" } };
+      await store.appendEvents(streamId, [{ type: "A", data: 1, metadata }]);
+      const [event] = await store.loadEvents(streamId);
+      assert.deepEqual(event.metadata, metadata);
+      assert.equal(event.version, 1);
+      await store.close();
+    } finally {
+      await sql.end();
+    }
+  });
+
   Deno.test("PostgresEventStore: connection failures are StoreUnavailableError", async () => {
     const missing = new URL(url);
     missing.pathname = "/no_such_database";
@@ -381,23 +488,40 @@ async function registerTests(database: TestDatabase): Promise<void> {
         return true;
       },
     );
-    // A store whose server goes away mid-life: its own connections are
-    // terminated, and the next call fails typed or reconnects, never raw.
-    await using store = await open({ applicationName: "to-be-terminated" });
-    await store.appendEvents(newStreamId(), events(1));
-    await admin`
-      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-      WHERE application_name = 'to-be-terminated'`;
-    const outcome = await store.streamVersion(newStreamId()).then(
-      (version) => version,
-      (error) => error,
-    );
-    assert.ok(
-      outcome === 0 || outcome instanceof StoreUnavailableError,
-      String(outcome),
-    );
-    // postgres.js reconnects by itself for the calls after.
-    assert.equal(await store.streamVersion(newStreamId()), 0);
+  });
+
+  Deno.test("PostgresEventStore: a connection killed mid-append is a typed error, the append all or nothing", async () => {
+    const applicationName = `killed-${crypto.randomUUID().slice(0, 8)}`;
+    await using store = await open({ applicationName, max: 1 });
+    const streamId = newStreamId();
+    await store.appendEvents(streamId, events(1));
+    // Hold the table so that the next append is surely in flight, then kill
+    // the backend running it.
+    const outcome = await admin.begin(async (transaction) => {
+      await transaction`LOCK TABLE events IN ACCESS EXCLUSIVE MODE`;
+      const append = store.appendEvents(streamId, events(50)).then(
+        () => "stored",
+        (error) => error,
+      );
+      for (let waited = 0; waited < 200; waited++) {
+        const [row] = await transaction`
+          SELECT count(*)::int AS waiting FROM pg_stat_activity
+          WHERE application_name = ${applicationName} AND wait_event_type = 'Lock'`;
+        if (row.waiting > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await transaction`
+        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE application_name = ${applicationName}`;
+      return await append;
+    });
+    assert.ok(outcome instanceof StoreUnavailableError, String(outcome));
+    assert.match(outcome.message, /^Cannot append events for stream "/);
+    // Nothing of the batch. postgres.js reconnects for the next call, which
+    // may still get the killed connection's farewell (57P01): reads retry
+    // once on a connection error, so this one just works.
+    assert.equal(await store.streamVersion(streamId), 1);
+    assert.equal((await store.appendEvents(streamId, events(2))).version, 3);
   });
 
   Deno.test("PostgresEventStore: a schema that was never migrated says to run migrations", async () => {
