@@ -3,6 +3,7 @@ import {
   type Codec,
   EncodingError,
   InMemoryEventStore,
+  InvalidArgumentError,
   StoreClosedError,
 } from "../mod.ts";
 import { newStreamId, testEventStore } from "./conformance.ts";
@@ -107,4 +108,17 @@ Deno.test("InMemoryEventStore: close drops the data and names the refused call",
     assert.equal(error.message, "Cannot load events: the store is closed");
     return true;
   });
+});
+
+Deno.test("InMemoryEventStore: ids from a broken generateId are refused before writing", async () => {
+  await using store = new InMemoryEventStore({
+    generateId: () => "not-a-uuid",
+  });
+  await assert.rejects(
+    store.appendEvents("s", [{ type: "A", data: 1 }]),
+    (error) =>
+      error instanceof InvalidArgumentError &&
+      error.field === "options.generateId",
+  );
+  assert.equal(await store.streamVersion("s"), 0);
 });
