@@ -89,6 +89,12 @@ function checkItem(item: LineItem): void {
   }
 }
 
+function requireText(value: string, what: string): void {
+  if (value.trim() === "") {
+    throw new OrderRuleError(`Cannot accept an empty ${what}`);
+  }
+}
+
 function requirePlaced(order: Order, action: string): void {
   if (order.status !== "placed") {
     throw new OrderRuleError(
@@ -146,6 +152,7 @@ export const orderAggregate: Aggregate<Order, OrderCommand, OrderEvent> = {
             `Cannot place the order: it is already ${order.status}`,
           );
         }
+        requireText(command.customer, "customer");
         if (command.items.length === 0) {
           throw new OrderRuleError("Cannot place an order without items");
         }
@@ -169,12 +176,14 @@ export const orderAggregate: Aggregate<Order, OrderCommand, OrderEvent> = {
         return [{ type: "LineItemAdded.v1", data: { item: command.item } }];
       case "ShipOrder":
         requirePlaced(order, "ship the order");
+        requireText(command.trackingNumber, "tracking number");
         return [{
           type: "OrderShipped.v1",
           data: { trackingNumber: command.trackingNumber },
         }];
       case "CancelOrder":
         requirePlaced(order, "cancel the order");
+        requireText(command.reason, "cancellation reason");
         return [{
           type: "OrderCancelled.v1",
           data: { reason: command.reason },
@@ -298,6 +307,16 @@ export async function runExample(
       ids.cancelled,
     )}`,
   );
+  const neverPlaced = id(0);
+  try {
+    await orders.handle(neverPlaced, {
+      type: "ShipOrder",
+      trackingNumber: "TN-1003",
+    });
+  } catch (error) {
+    if (!(error instanceof OrderRuleError)) throw error;
+    print(`   ${neverPlaced} ShipOrder refused: ${error.message}`);
+  }
   final[ids.shipped] = shipped.state;
   final[ids.cancelled] = cancelled.state;
 

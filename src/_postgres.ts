@@ -189,6 +189,24 @@ export function isConnectionError(error: unknown): boolean {
   return CONNECTION_ERROR_CODES.has(code);
 }
 
+/**
+ * Whether an established connection was lost (rather than never made): the
+ * server ended it, or the socket closed under it. A read that failed so is
+ * worth one more try; one that could not connect would only wait again.
+ */
+export function isLostConnection(error: unknown): boolean {
+  if (!isConnectionError(error)) return false;
+  const code = (error as { code: string }).code;
+  return isServerError(error) ||
+    [
+      "CONNECTION_CLOSED",
+      "CONNECTION_ENDED",
+      "CONNECTION_DESTROYED",
+      "ECONNRESET",
+      "EPIPE",
+    ].includes(code);
+}
+
 /** Whether `error` is an error PostgreSQL itself sent. */
 export function isServerError(error: unknown): error is ServerError {
   return error instanceof Error && typeof (error as { severity?: unknown })

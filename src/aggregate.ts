@@ -8,7 +8,11 @@
  */
 
 import type { EventStore, NewEvent, RecordedEvent } from "./event_store.ts";
-import { ConcurrencyConflictError, InvalidArgumentError } from "./errors.ts";
+import {
+  ConcurrencyConflictError,
+  EncodingError,
+  InvalidArgumentError,
+} from "./errors.ts";
 import { type Logger, logSafely, silentLogger } from "./logger.ts";
 import { checkStreamId, checkVersion } from "./_input.ts";
 
@@ -53,7 +57,9 @@ export interface Aggregate<S, C, E extends NewEvent = NewEvent> {
    */
   decide(command: C, state: S): readonly E[];
   /**
-   * The version of the state's shape, stored with each snapshot. Raise it
+   * The version of the state's shape, stored with each snapshot. A stream
+   * belongs to one aggregate, and so does its one snapshot: two aggregates
+   * folding the same stream into different states must not both snapshot it. Raise it
    * whenever `S` or `evolve` changes meaning: snapshots of another version
    * are ignored and the state is rebuilt from the events. 1 by default.
    */
@@ -83,7 +89,11 @@ export interface LoadAggregateOptions {
 export interface HandleOptions {
   /** Overrides the repository's `maxRetries` for this command. */
   maxRetries?: number;
-  /** Metadata added to every event the command leads to (correlation ids, the user). */
+  /**
+   * Metadata added to every event the command leads to (correlation ids,
+   * the user); where an event sets the same key itself, the event's value
+   * is kept.
+   */
   metadata?: Record<string, unknown>;
 }
 
@@ -105,7 +115,7 @@ export interface HandleResult<S, E> {
   state: S;
   /** The stream's version after the append (unchanged when no events were decided). */
   version: number;
-  /** The events the command led to, as appended. */
+  /** The events the command led to, as appended (with the handle's metadata). */
   events: readonly E[];
   /** How many times the command was decided again after a conflict. */
   retries: number;
@@ -222,7 +232,7 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
     checkStreamId(streamId);
     const snapshot = options.useSnapshot === false
       ? undefined
-      : this.#usable(await this.#store.loadSnapshot(streamId));
+      : this.#usable(streamId, await this.#readSnapshot(streamId));
     const events = await this.#store.loadEvents<unknown>(streamId, {
       fromVersion: (snapshot?.version ?? 0) + 1,
     });
@@ -280,7 +290,8 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
         ? decided
         : decided.map((event): E => ({
           ...event,
-          metadata: { ...event.metadata, ...options.metadata },
+          // The event's own keys are the more specific: they win.
+          metadata: { ...options.metadata, ...event.metadata },
         }));
       let version: number;
       try {
@@ -315,8 +326,35 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
     }
   }
 
+  /**
+   * The stream's snapshot, or `undefined` when it cannot be decoded (a codec
+   * changed, a row was damaged): the events are the truth, and a snapshot
+   * that blocked every command on its stream would be worse than none. The
+   * next snapshot the repository saves replaces it.
+   */
+  async #readSnapshot(
+    streamId: string,
+  ): Promise<{ version: number; state: unknown } | undefined> {
+    try {
+      return await this.#store.loadSnapshot(streamId);
+    } catch (error) {
+      if (!(error instanceof EncodingError)) throw error;
+      logSafely(
+        this.#logger,
+        "warn",
+        "Ignoring a snapshot that cannot be decoded",
+        {
+          streamId,
+          error: error.message,
+        },
+      );
+      return undefined;
+    }
+  }
+
   /** The snapshot, when it is one this aggregate's state shape can use. */
   #usable(
+    streamId: string,
     snapshot: { version: number; state: unknown } | undefined,
   ): { version: number; state: S } | undefined {
     if (snapshot === undefined) return undefined;
@@ -325,6 +363,13 @@ export class AggregateRepository<S, C, E extends NewEvent = NewEvent> {
       typeof stored !== "object" || stored === null ||
       stored.snapshotVersion !== this.#snapshotVersion || !("state" in stored)
     ) {
+      logSafely(this.#logger, "debug", "Ignoring a snapshot of another shape", {
+        streamId,
+        snapshotVersion: this.#snapshotVersion,
+        stored: typeof stored === "object" && stored !== null
+          ? stored.snapshotVersion
+          : undefined,
+      });
       return undefined;
     }
     return { version: snapshot.version, state: stored.state as S };

@@ -7,7 +7,6 @@
  * @module
  */
 
-import type postgres from "postgres";
 import { InvalidArgumentError, MigrationError } from "./errors.ts";
 import { type Logger, logSafely, silentLogger } from "./logger.ts";
 import {
@@ -117,13 +116,17 @@ export async function bundledMigrations(): Promise<Migration[]> {
  * every migration exactly once, in order; a lock held by a connection that
  * dies is released with it. When nothing is pending it runs no DDL at all,
  * so a role without CREATE privileges can call it at every start-up.
- * Migration files must not contain `BEGIN` or `COMMIT` of their own.
+ * A file runs inside a transaction, so it must not contain transaction
+ * control (`BEGIN`, `COMMIT`, `ROLLBACK`) nor statements that refuse to run in
+ * one (`CREATE INDEX CONCURRENTLY`, `VACUUM`, `ALTER TYPE … ADD VALUE` before
+ * PostgreSQL 12). A pending file that sorts before an applied one is refused.
  *
  * @param sql A postgres.js instance.
  * @param options The schema, the migrations and a logger.
  * @returns Which migrations this run applied and which were already applied.
- * @throws {MigrationError} An applied migration's text changed, or a
- *   migration failed (it was rolled back; earlier ones stay applied).
+ * @throws {MigrationError} An applied migration's text changed, a pending
+ *   one sorts before an applied one, or a migration failed (it was rolled
+ *   back; earlier ones stay applied).
  * @throws {InvalidArgumentError} The schema name or a migration is malformed.
  * @throws {StoreUnavailableError} The database cannot be reached, or the
  *   connection was lost (a migration in flight was rolled back or, if the
@@ -155,16 +158,17 @@ export async function runMigrations(
   );
   const postgresSql = asPostgres(sql);
   const result: MigrationResult = { applied: [], alreadyApplied: [] };
-  let recordedBefore: Map<string, string> | undefined;
+  let recorded = new Map<string, string>();
   try {
     for (;;) {
       const state = await readState(postgresSql, quoted);
-      recordedBefore ??= state.recorded;
-      checkUnchanged(schema, migrations, checksums, state.recorded);
+      recorded = state.recorded;
+      checkUnchanged(schema, migrations, checksums, recorded);
       const index = migrations.findIndex((migration) =>
-        !state.recorded.has(migration.name)
+        !recorded.has(migration.name)
       );
       if (index === -1) break;
+      checkInOrder(schema, migrations[index], recorded);
       const migration = migrations[index];
       const started = performance.now();
       const outcome = await applyOne(postgresSql, {
@@ -190,11 +194,15 @@ export async function runMigrations(
       schema,
     });
   }
+  // Whatever is recorded now and this run did not apply: applied before it,
+  // or by another process while it ran.
   result.alreadyApplied = migrations
-    .filter((migration) => recordedBefore?.has(migration.name))
+    .filter((migration) =>
+      recorded.has(migration.name) && !result.applied.includes(migration.name)
+    )
     .map((migration) => migration.name);
   const known = new Set(migrations.map((migration) => migration.name));
-  for (const name of recordedBefore?.keys() ?? []) {
+  for (const name of recorded.keys()) {
     if (!known.has(name)) {
       logSafely(
         logger,
@@ -265,6 +273,30 @@ function checkUnchanged(
   });
 }
 
+/**
+ * Refuses a pending migration that sorts before one already applied: it was
+ * added late (a merge, a renamed file), and applying it now would run it
+ * after files that were written expecting it to be there first.
+ */
+function checkInOrder(
+  schema: string,
+  pending: Migration,
+  recorded: Map<string, string>,
+): void {
+  const later = [...recorded.keys()].filter((name) => name > pending.name)
+    .sort();
+  if (later.length > 0) {
+    throw new MigrationError(
+      `Cannot migrate schema "${schema}": migration ${pending.name} is not applied, but ${
+        later[0]
+      }, which sorts after it, is; give the new file a name that sorts after ${
+        later.at(-1)
+      }`,
+      { migration: pending.name },
+    );
+  }
+}
+
 /** Raised inside a batch whose migration another process applied first. */
 const APPLIED_ELSEWHERE = "deno-eventstore: migration already applied";
 
@@ -288,9 +320,15 @@ async function applyOne(
   const { schema, quoted, state, migration, checksum } = step;
   const name = literal(migration.name);
   const batch = [
-    // The store's statementTimeout is for appends, not for waiting on the
-    // lock or for DDL on a large table.
+    // First, before anything takes a snapshot: under REPEATABLE READ or
+    // SERIALIZABLE (a database default, say) the check below would not see
+    // what another process committed while this one waited for the lock.
+    "SET LOCAL transaction_isolation = 'read committed'",
+    // The store's statementTimeout is for appends, and a lock_timeout for
+    // the application's queries: neither is for waiting on another
+    // migrator or for DDL on a large table.
     "SET LOCAL statement_timeout = 0",
+    "SET LOCAL lock_timeout = 0",
     `SELECT pg_advisory_xact_lock(hashtextextended(${
       literal(`deno-eventstore migrations ${schema}`)
     }, 0))`,
@@ -305,11 +343,11 @@ async function applyOne(
        )`,
     ]),
     // Under the lock: another process may have applied it meanwhile.
-    `DO $check$ BEGIN
+    doBlock(`BEGIN
        IF EXISTS (SELECT 1 FROM ${quoted}.schema_migrations WHERE name = ${name}) THEN
          RAISE EXCEPTION ${literal(APPLIED_ELSEWHERE)};
        END IF;
-     END $check$`,
+     END`),
     `SET LOCAL search_path TO ${quoted}`,
     migration.sql,
     `INSERT INTO ${quoted}.schema_migrations (name, checksum)
@@ -331,15 +369,20 @@ async function applyOne(
   }
 }
 
+/** A `DO` statement, dollar-quoted with a tag its body does not contain. */
+function doBlock(body: string): string {
+  let tag = "check";
+  while (body.includes(`$${tag}$`)) tag += "_";
+  return `DO $${tag}$ ${body} $${tag}$`;
+}
+
 /**
- * A string as an SQL literal. Dollar quoting, with a tag the text does not
- * contain, so nothing in it can end the literal (names and checksums are
- * ours or the application's, but a name with a quote must still work).
+ * A string as an SQL literal: an escape string, with backslashes and quotes
+ * doubled, so that nothing in the text can end it whatever the server's
+ * `standard_conforming_strings`.
  */
 function literal(text: string): string {
-  let tag = "lit";
-  while (text.includes(`$${tag}$`)) tag += "_";
-  return `$${tag}$${text}$${tag}$`;
+  return `E'${text.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
 
 /** Checks the list and sorts it by name, the order in which it applies. */

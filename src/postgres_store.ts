@@ -57,7 +57,7 @@ import {
   asPostgres,
   constraintOf,
   type ErrorContext,
-  isConnectionError,
+  isLostConnection,
   isServerError,
   isSql,
   passwordOf,
@@ -569,8 +569,8 @@ export class PostgresEventStore implements EventStore {
     try {
       return await query();
     } catch (error) {
-      if (!isConnectionError(error)) throw error;
-      this.#log("debug", "Repeating a read after a connection error", {
+      if (!isLostConnection(error)) throw error;
+      this.#log("debug", "Repeating a read after a lost connection", {
         error: error instanceof Error ? error.message : String(error),
       });
       return await query();

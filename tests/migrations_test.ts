@@ -104,12 +104,20 @@ async function registerTests(database: TestDatabase): Promise<void> {
         [...first.applied, ...second.applied].sort(),
         [...BUNDLED_MIGRATIONS],
       );
-      // Each file was applied by exactly one of them (which one is a race).
+      // Each file was applied by exactly one of them (which one is a race),
+      // and each run accounts for every file: applied by it, or already.
       assert.equal(
         new Set([...first.applied, ...second.applied]).size,
         first.applied.length + second.applied.length,
         JSON.stringify([first, second]),
       );
+      for (const run of [first, second]) {
+        assert.deepEqual(
+          [...run.applied, ...run.alreadyApplied].sort(),
+          [...BUNDLED_MIGRATIONS],
+          JSON.stringify(run),
+        );
+      }
       const [row] = await sql.unsafe(
         `SELECT count(*)::int AS n FROM "${schema}".schema_migrations`,
       );
@@ -277,6 +285,91 @@ async function registerTests(database: TestDatabase): Promise<void> {
       },
     });
     assert.deepEqual(result.applied, [...BUNDLED_MIGRATIONS]);
+  });
+
+  Deno.test("migrations: concurrent runs are safe under a REPEATABLE READ default and a lock_timeout", async () => {
+    const schema = freshSchema();
+    const strict = {
+      default_transaction_isolation: "repeatable read" as const,
+      lock_timeout: 100,
+    };
+    const migrations: Migration[] = [
+      {
+        name: "001_t.sql",
+        sql: "CREATE TABLE t (id int); SELECT pg_sleep(0.3);",
+      },
+      { name: "002_u.sql", sql: "CREATE TABLE u (id int);" },
+    ];
+    const pools = Array.from(
+      { length: 3 },
+      () =>
+        postgres(database.url, {
+          max: 1,
+          onnotice: () => {},
+          connection: strict,
+        }),
+    );
+    try {
+      const results = await Promise.all(
+        pools.map((pool) => runMigrations(pool, { schema, migrations })),
+      );
+      assert.deepEqual(
+        results.flatMap((result) => result.applied).sort(),
+        ["001_t.sql", "002_u.sql"],
+      );
+    } finally {
+      await Promise.all(pools.map((pool) => pool.end()));
+    }
+  });
+
+  Deno.test("migrations: a pending file that sorts before an applied one is refused", async () => {
+    const schema = freshSchema();
+    const first: Migration = {
+      name: "001_a.sql",
+      sql: "CREATE TABLE a (id int);",
+    };
+    const third: Migration = {
+      name: "003_c.sql",
+      sql: "CREATE TABLE c (id int);",
+    };
+    const late: Migration = {
+      name: "002_b.sql",
+      sql: "CREATE TABLE b (id int);",
+    };
+    await runMigrations(sql, { schema, migrations: [first, third] });
+    await assert.rejects(
+      runMigrations(sql, { schema, migrations: [first, late, third] }),
+      (error) => {
+        assert.ok(error instanceof MigrationError, String(error));
+        assert.equal(error.migration, "002_b.sql");
+        assert.match(
+          error.message,
+          /sorts after it, is; give the new file a name/,
+        );
+        return true;
+      },
+    );
+    assert.equal(await tableExists(`${schema}.b`), false);
+  });
+
+  Deno.test("migrations: names with quotes, backslashes and dollar signs are stored as they are", async () => {
+    const schema = freshSchema();
+    const names = [
+      "001_it's.sql",
+      "002_back\\slash.sql",
+      "003_$lit$.sql",
+      "004_$check$ END $$.sql",
+    ];
+    const migrations = names.map((name, index) => ({
+      name,
+      sql: `CREATE TABLE t${index} (id int);`,
+    }));
+    const result = await runMigrations(sql, { schema, migrations });
+    assert.deepEqual(result.applied, names);
+    const rows = await sql.unsafe(
+      `SELECT name FROM "${schema}".schema_migrations ORDER BY name`,
+    );
+    assert.deepEqual(rows.map((row) => row.name), names);
   });
 
   Deno.test("migrations: malformed lists and schema names are refused before any SQL", async () => {

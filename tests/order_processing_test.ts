@@ -13,6 +13,9 @@ import {
   type ExampleResult,
   openStore,
   type Order,
+  orderAggregate,
+  type OrderCommand,
+  OrderRuleError,
   runExample,
 } from "../examples/order_processing.ts";
 import { createTestDatabaseOrFail } from "./_database.ts";
@@ -69,6 +72,7 @@ function assertFinalStates(result: ExampleResult, output: string): void {
       "3. Two handlers race on one order; the loser retries",
       "4. Grow an order past snapshots (one every 10 events)",
       "equal to the live state: yes",
+      "-0 ShipOrder refused: Cannot ship the order: the order is draft, not placed",
       "next load: snapshot at v20 + 5 event(s) after it → v25",
       "equal to a rebuild from all 25 events: yes",
     ]
@@ -82,6 +86,101 @@ async function runOn(store: EventStore, lines: string[]) {
   assertFinalStates(result, lines.join("\n"));
   return result;
 }
+
+Deno.test("example: the order's rules refuse what an order cannot do", () => {
+  const { decide, evolve, initialState } = orderAggregate;
+  const item = { sku: "TEA-42", quantity: 1, unitPriceCents: 100 };
+  const draft = initialState();
+  const placed = evolve(
+    draft,
+    decide({ type: "PlaceOrder", customer: "Ada", items: [item] }, draft)[0],
+  );
+  const shipped = evolve(
+    placed,
+    decide({ type: "ShipOrder", trackingNumber: "TN-1" }, placed)[0],
+  );
+  const cancelled = evolve(
+    placed,
+    decide({ type: "CancelOrder", reason: "changed mind" }, placed)[0],
+  );
+  const refusals: [OrderCommand, Order, RegExp][] = [
+    [
+      { type: "ShipOrder", trackingNumber: "TN-1" },
+      draft,
+      /the order is draft, not placed/,
+    ],
+    [
+      { type: "CancelOrder", reason: "r" },
+      draft,
+      /the order is draft, not placed/,
+    ],
+    [
+      { type: "ShipOrder", trackingNumber: "TN-2" },
+      shipped,
+      /the order is shipped, not placed/,
+    ],
+    [
+      { type: "CancelOrder", reason: "r" },
+      shipped,
+      /the order is shipped, not placed/,
+    ],
+    [
+      { type: "ShipOrder", trackingNumber: "TN-2" },
+      cancelled,
+      /the order is cancelled, not placed/,
+    ],
+    [
+      { type: "PlaceOrder", customer: "Ada", items: [item] },
+      placed,
+      /already placed/,
+    ],
+    [
+      { type: "PlaceOrder", customer: "Ada", items: [] },
+      draft,
+      /without items/,
+    ],
+    [
+      { type: "PlaceOrder", customer: " ", items: [item] },
+      draft,
+      /empty customer/,
+    ],
+    [
+      {
+        type: "PlaceOrder",
+        customer: "Ada",
+        items: [{ ...item, quantity: 0 }],
+      },
+      draft,
+      /quantity/,
+    ],
+    [
+      {
+        type: "PlaceOrder",
+        customer: "Ada",
+        items: [{ ...item, unitPriceCents: 1.5 }],
+      },
+      draft,
+      /whole cents/,
+    ],
+    [
+      { type: "ShipOrder", trackingNumber: "" },
+      placed,
+      /empty tracking number/,
+    ],
+    [{ type: "CancelOrder", reason: "" }, placed, /empty cancellation reason/],
+    [{ type: "AddLineItem", item }, draft, /the order is draft, not placed/],
+  ];
+  for (const [command, state, message] of refusals) {
+    assert.throws(
+      () => decide(command, state),
+      (error) => error instanceof OrderRuleError && message.test(error.message),
+      `${command.type} on a ${state.status} order`,
+    );
+  }
+  assert.equal(placed.totalCents, 100);
+  assert.equal(shipped.trackingNumber, "TN-1");
+  assert.equal(cancelled.cancelReason, "changed mind");
+});
 
 Deno.test("example: order processing on the in-memory store", async () => {
   const lines: string[] = [];
