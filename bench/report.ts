@@ -10,7 +10,8 @@
  * afterwards) or the throwaway cluster the tests use, started with durable
  * commits. `--smoke` runs a few iterations of each, to prove the workloads
  * still run (CI does), and judges nothing. `--runs N` sets the repetitions
- * (3 by default).
+ * (3 by default); `--only W1,W3` runs just those workloads and their
+ * baselines.
  *
  * @module
  */
@@ -39,6 +40,8 @@ interface Options {
   smoke: boolean;
   runs: number;
   json: string;
+  /** Workload ids to run (with their baselines); all when empty. */
+  only: string[];
 }
 
 function parseOptions(args: string[]): Options {
@@ -46,12 +49,14 @@ function parseOptions(args: string[]): Options {
     smoke: false,
     runs: 3,
     json: new URL("./results/report.json", import.meta.url).pathname,
+    only: [],
   };
   for (let index = 0; index < args.length; index++) {
     const arg = args[index];
     if (arg === "--smoke") options.smoke = true;
     else if (arg === "--runs") options.runs = Number(args[++index]);
     else if (arg === "--json") options.json = args[++index];
+    else if (arg === "--only") options.only = args[++index].split(",");
     else throw new Error(`Unknown argument ${arg}`);
   }
   if (!Number.isInteger(options.runs) || options.runs < 1) {
@@ -183,7 +188,11 @@ async function main(): Promise<void> {
       await store.migrate();
     }
     const postgresSet = await postgresWorkloads(database.url);
-    const workloads = [...inMemoryWorkloads(), ...postgresSet.workloads];
+    const workloads = [...inMemoryWorkloads(), ...postgresSet.workloads]
+      .filter((workload) =>
+        options.only.length === 0 ||
+        options.only.includes(workload.id.replace(/ raw$/, ""))
+      );
     const results = new Map<Workload, number[]>(
       workloads.map((workload) => [workload, []]),
     );

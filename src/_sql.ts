@@ -35,6 +35,13 @@ export interface Statements {
    * writers that read the same version collide on the primary key (23505).
    */
   append: string;
+  /**
+   * The same for a single event, with plain parameters instead of arrays:
+   * `$2` id, `$3` type, `$4` data, `$5` metadata, `$6` and `$7`
+   * as in `append`. Most appends carry one event, and the arrays cost their
+   * serialization and an `unnest`.
+   */
+  appendOne: string;
   /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
   load: string;
   /** `$1` stream id; one row with `version`. */
@@ -77,6 +84,23 @@ export function statementsFor(schema: string): Statements {
       )
       SELECT current.version AS previous,
              (SELECT max(global_position) FROM appended) AS position
+      FROM current`,
+    appendOne: `
+      WITH current AS (
+        SELECT coalesce(max(version), 0) AS version
+        FROM ${events} WHERE stream_id = $1
+      ), appended AS (
+        INSERT INTO ${events}
+          (stream_id, version, event_id, event_type, data, metadata)
+        SELECT $1, current.version + 1, $2::uuid, $3::text, $4::bytea,
+               $5::jsonb
+        FROM current
+        WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
+          AND (current.version > 0 OR NOT $7::boolean)
+        RETURNING global_position
+      )
+      SELECT current.version AS previous,
+             (SELECT global_position FROM appended) AS position
       FROM current`,
     load: `
       SELECT event_id AS id, version, global_position AS position,

@@ -358,17 +358,30 @@ export class PostgresEventStore implements EventStore {
           : null;
         const mustExist = expected === "stream_exists";
 
+        const single = prepared.length === 1;
         for (let attempt = 1;; attempt++) {
           try {
-            const [row] = await this.#sql.unsafe(this.#statements.append, [
-              streamId,
-              this.#sql.array(ids, ARRAY_OID.uuid),
-              this.#sql.array(types, ARRAY_OID.text),
-              this.#sql.array(data, ARRAY_OID.bytea),
-              this.#sql.array(metadata as never[], ARRAY_OID.jsonb),
-              exactVersion,
-              mustExist,
-            ], { prepare: true });
+            const [row] = single
+              ? await this.#sql.unsafe(this.#statements.appendOne, [
+                streamId,
+                ids[0],
+                types[0],
+                data[0],
+                // An object: postgres.js serializes a jsonb parameter itself
+                // (a string would be stored as a JSON string).
+                metadata[0] as never,
+                exactVersion,
+                mustExist,
+              ], { prepare: true })
+              : await this.#sql.unsafe(this.#statements.append, [
+                streamId,
+                this.#sql.array(ids, ARRAY_OID.uuid),
+                this.#sql.array(types, ARRAY_OID.text),
+                this.#sql.array(data, ARRAY_OID.bytea),
+                this.#sql.array(metadata as never[], ARRAY_OID.jsonb),
+                exactVersion,
+                mustExist,
+              ], { prepare: true });
             const previous = Number(row.previous);
             if (row.position === null) {
               throw this.#conflict(streamId, expected, previous);
