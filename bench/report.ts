@@ -11,7 +11,9 @@
  * commits. `--smoke` runs a few iterations of each, to prove the workloads
  * still run (CI does), and judges nothing. `--runs N` sets the repetitions
  * (3 by default); `--only W1,W3` runs just those workloads and their
- * baselines.
+ * baselines; `--fast` uses a cluster without durable commits (fsync and
+ * synchronous_commit off), to show how much of a figure the disk's flush
+ * rate decides.
  *
  * @module
  */
@@ -42,6 +44,8 @@ interface Options {
   json: string;
   /** Workload ids to run (with their baselines); all when empty. */
   only: string[];
+  /** A cluster without durable commits, to show what fsync costs. */
+  fast: boolean;
 }
 
 function parseOptions(args: string[]): Options {
@@ -50,6 +54,7 @@ function parseOptions(args: string[]): Options {
     runs: 3,
     json: new URL("./results/report.json", import.meta.url).pathname,
     only: [],
+    fast: false,
   };
   for (let index = 0; index < args.length; index++) {
     const arg = args[index];
@@ -57,6 +62,7 @@ function parseOptions(args: string[]): Options {
     else if (arg === "--runs") options.runs = Number(args[++index]);
     else if (arg === "--json") options.json = args[++index];
     else if (arg === "--only") options.only = args[++index].split(",");
+    else if (arg === "--fast") options.fast = true;
     else throw new Error(`Unknown argument ${arg}`);
   }
   if (!Number.isInteger(options.runs) || options.runs < 1) {
@@ -181,7 +187,7 @@ async function machine(url: string): Promise<Record<string, unknown>> {
 
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
-  const database = await createTestDatabase({ durable: true });
+  const database = await createTestDatabase({ durable: !options.fast });
   try {
     {
       await using store = await PostgresEventStore.connect(database.url);
