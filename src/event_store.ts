@@ -195,7 +195,8 @@ export interface EventStore extends AsyncDisposable {
 
   /**
    * Releases what the store holds. Idempotent; afterwards every other method
-   * throws {@linkcode StoreClosedError}.
+   * throws {@linkcode StoreClosedError}. Never throws: there is nothing a
+   * caller could do about a failure to let go.
    */
   close(): Promise<void>;
 }

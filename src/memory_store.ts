@@ -101,7 +101,8 @@ export class InMemoryEventStore implements EventStore {
   #closed = false;
 
   /**
-   * Creates an empty store. Does no I/O.
+   * Creates an empty store. Does no I/O. Never throws: the options are used
+   * as given.
    *
    * @param options The codec, clock and id generator.
    */
@@ -227,7 +228,10 @@ export class InMemoryEventStore implements EventStore {
     });
   }
 
-  /** Drops every stream and snapshot; later calls throw {@linkcode StoreClosedError}. */
+  /**
+   * Drops every stream and snapshot; later calls throw
+   * {@linkcode StoreClosedError}. Idempotent. Never throws.
+   */
   close(): Promise<void> {
     this.#closed = true;
     this.#streams = new Map();
@@ -235,7 +239,7 @@ export class InMemoryEventStore implements EventStore {
     return Promise.resolve();
   }
 
-  /** Closes the store, for `await using`. */
+  /** Closes the store, for `await using`. Never throws. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }

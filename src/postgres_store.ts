@@ -524,7 +524,8 @@ export class PostgresEventStore implements EventStore {
    * Closes the store. A pool that {@linkcode PostgresEventStore.connect}
    * opened is ended (queries in flight get 5 seconds to finish); an instance
    * the application passed in stays open. Idempotent; afterwards every other
-   * method throws {@linkcode StoreClosedError}.
+   * method throws {@linkcode StoreClosedError}. Never throws: a pool that
+   * fails to end is logged.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -535,29 +536,35 @@ export class PostgresEventStore implements EventStore {
       // for a socket the server already reset (Deno's socket shim never
       // reports it closed) until the timeout, so that is kept short.
       await settle(this.#inFlight, CLOSE_GRACE_MS);
-      await this.#sql.end({ timeout: SOCKET_CLOSE_TIMEOUT_S });
+      try {
+        await this.#sql.end({ timeout: SOCKET_CLOSE_TIMEOUT_S });
+      } catch (error) {
+        this.#log("warn", "The pool did not end cleanly", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+      }
     }
     this.#log("debug", "Closed", { server: this.#server });
   }
 
-  /** Closes the store, for `await using`. */
+  /** Closes the store, for `await using`. Never throws. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
 
-  /** The server (password redacted) and schema, never the password. */
+  /** The server (password redacted) and schema, never the password. Never throws. */
   toString(): string {
     return `PostgresEventStore(${this.#server}, schema "${this.#schema}"${
       this.#closed ? ", closed" : ""
     })`;
   }
 
-  /** What `console.log(store)` shows in Deno: {@linkcode toString}. */
+  /** What `console.log(store)` shows in Deno: {@linkcode toString}. Never throws. */
   [Symbol.for("Deno.customInspect")](): string {
     return this.toString();
   }
 
-  /** What `util.inspect(store)` shows in Node: {@linkcode toString}. */
+  /** What `util.inspect(store)` shows in Node: {@linkcode toString}. Never throws. */
   [Symbol.for("nodejs.util.inspect.custom")](): string {
     return this.toString();
   }
