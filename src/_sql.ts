@@ -65,43 +65,21 @@ export function statementsFor(schema: string): Statements {
   const events = `${schema}.events`;
   const snapshots = `${schema}.snapshots`;
   return {
-    append: `
-      WITH current AS (
-        SELECT coalesce(max(version), 0) AS version
-        FROM ${events} WHERE stream_id = $1
-      ), appended AS (
-        INSERT INTO ${events}
-          (stream_id, version, event_id, event_type, data, metadata)
-        SELECT $1, current.version + batch.ordinality, batch.event_id,
-               batch.event_type, batch.data, batch.metadata
-        FROM current,
-             unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
-               WITH ORDINALITY AS batch(event_id, event_type, data, metadata, ordinality)
-        WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
-          AND (current.version > 0 OR NOT $7::boolean)
-        ORDER BY batch.ordinality
-        RETURNING global_position
-      )
-      SELECT current.version AS previous,
-             (SELECT max(global_position) FROM appended) AS position
-      FROM current`,
-    appendOne: `
-      WITH current AS (
-        SELECT coalesce(max(version), 0) AS version
-        FROM ${events} WHERE stream_id = $1
-      ), appended AS (
-        INSERT INTO ${events}
-          (stream_id, version, event_id, event_type, data, metadata)
-        SELECT $1, current.version + 1, $2::uuid, $3::text, $4::bytea,
-               $5::jsonb
-        FROM current
-        WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
-          AND (current.version > 0 OR NOT $7::boolean)
-        RETURNING global_position
-      )
-      SELECT current.version AS previous,
-             (SELECT global_position FROM appended) AS position
-      FROM current`,
+    append: appendWith(
+      events,
+      `SELECT $1, current.version + batch.ordinality, batch.event_id,
+              batch.event_type, batch.data, batch.metadata
+       FROM current,
+            unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
+              WITH ORDINALITY AS batch(event_id, event_type, data, metadata, ordinality)`,
+      "ORDER BY batch.ordinality",
+    ),
+    appendOne: appendWith(
+      events,
+      `SELECT $1, current.version + 1, $2::uuid, $3::text, $4::bytea, $5::jsonb
+       FROM current`,
+      "",
+    ),
     load: `
       SELECT event_id AS id, version, global_position AS position,
              event_type AS type, data, metadata::text AS metadata,
@@ -131,4 +109,28 @@ export function statementsFor(schema: string): Statements {
       SELECT version, state, created_at AS created
       FROM ${snapshots} WHERE stream_id = $1`,
   };
+}
+
+/**
+ * The append statement around the rows it inserts: read the stream's
+ * version, insert `rows` (a SELECT from `current`) only when `$6`/`$7` hold,
+ * and report the version read and the last position inserted.
+ */
+function appendWith(events: string, rows: string, order: string): string {
+  return `
+    WITH current AS (
+      SELECT coalesce(max(version), 0) AS version
+      FROM ${events} WHERE stream_id = $1
+    ), appended AS (
+      INSERT INTO ${events}
+        (stream_id, version, event_id, event_type, data, metadata)
+      ${rows}
+      WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
+        AND (current.version > 0 OR NOT $7::boolean)
+      ${order}
+      RETURNING global_position
+    )
+    SELECT current.version AS previous,
+           (SELECT max(global_position) FROM appended) AS position
+    FROM current`;
 }
