@@ -2,7 +2,7 @@
  * A first look at the store: append events to an order's stream, load them
  * back, lose an optimistic-concurrency race on purpose, and use a snapshot.
  *
- * Run it with `deno task example`. It uses the in-memory store, so it needs
+ * Run it with `deno task example:quick`. It uses the in-memory store, so it needs
  * no database and no permissions.
  */
 
