@@ -51,6 +51,7 @@ export type {
   ExpectedVersion,
   LoadOptions,
   NewEvent,
+  ReadAllOptions,
   RecordedEvent,
   Snapshot,
 } from "./src/event_store.ts";

@@ -136,6 +136,9 @@ export async function postgresWorkloads(
   });
   await sql`DROP TABLE IF EXISTS raw_events`;
   await sql`CREATE TABLE raw_events (LIKE events INCLUDING ALL)`;
+  // The baseline numbers its rows the plainest way: an identity column.
+  await sql`ALTER TABLE raw_events ALTER COLUMN global_position
+            ADD GENERATED ALWAYS AS IDENTITY`;
 
   const run = crypto.randomUUID().slice(0, 8);
   const batches = new Map<number, NewEvent[]>();

@@ -36,8 +36,8 @@ async function fillTo(sql: postgres.Sql, target: number): Promise<void> {
     const rows = Math.min(FILL_CHUNK, target - filled);
     const started = performance.now();
     await sql`
-      INSERT INTO events (stream_id, version, event_id, event_type, data, metadata)
-      SELECT 'fill-' || ((${filled}::bigint + n) / 100), ((${filled}::bigint + n) % 100) + 1,
+      INSERT INTO events (global_position, stream_id, version, event_id, event_type, data, metadata)
+      SELECT (pg_current_xact_id()::text::bigint << 20) + n + 1, 'fill-' || ((${filled}::bigint + n) / 100), ((${filled}::bigint + n) % 100) + 1,
              gen_random_uuid(), 'ItemAdded.v1', ${data}, ${
       sql.json(event.metadata as never)
     }

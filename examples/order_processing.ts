@@ -416,6 +416,7 @@ function holdAppendsUntil(count: number, store: EventStore): EventStore {
       return await store.appendEvents(streamId, events, options);
     },
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
+    readAll: (options) => store.readAll(options),
     streamVersion: (streamId) => store.streamVersion(streamId),
     saveSnapshot: (streamId, version, state) =>
       store.saveSnapshot(streamId, version, state),

@@ -9,7 +9,12 @@
  * @module
  */
 
-import type { ExpectedVersion, LoadOptions, NewEvent } from "./event_store.ts";
+import type {
+  ExpectedVersion,
+  LoadOptions,
+  NewEvent,
+  ReadAllOptions,
+} from "./event_store.ts";
 import {
   EncodingError,
   EventStoreError,
@@ -170,6 +175,71 @@ export function checkLoadOptions(options: unknown): LoadRange {
       : checkVersion(maxCount, "options.maxCount", 1),
   };
 }
+
+/** Read-all options with their defaults filled in. */
+export interface ReadAllRange {
+  fromPosition: bigint;
+  /** `Infinity` when the caller set no limit. */
+  maxCount: number;
+  types: string[] | undefined;
+  category: string | undefined;
+}
+
+/**
+ * Checks read-all options and fills in their defaults.
+ *
+ * @throws {InvalidArgumentError} The options are malformed.
+ */
+export function checkReadAllOptions(options: unknown): ReadAllRange {
+  const fromPosition = readOption<ReadAllOptions>(options, "fromPosition");
+  const maxCount = readOption<ReadAllOptions>(options, "maxCount");
+  const types = readOption<ReadAllOptions>(options, "types");
+  const category = readOption<ReadAllOptions>(options, "category");
+  if (
+    fromPosition !== undefined &&
+    (typeof fromPosition !== "bigint" || fromPosition < 0n ||
+      fromPosition > MAX_POSITION)
+  ) {
+    throw new InvalidArgumentError(
+      "options.fromPosition",
+      `must be a bigint from 0n to 2^63 - 1, got ${describe(fromPosition)}`,
+    );
+  }
+  if (types !== undefined && !Array.isArray(types)) {
+    throw new InvalidArgumentError(
+      "options.types",
+      `must be an array of event types, got ${describe(types)}`,
+    );
+  }
+  const checkedCategory = category === undefined
+    ? undefined
+    : checkName(category, "options.category");
+  if (checkedCategory?.includes("-")) {
+    throw new InvalidArgumentError(
+      "options.category",
+      "must not contain '-': a category is the part of a stream id before its first '-'",
+    );
+  }
+  return {
+    fromPosition: fromPosition ?? 0n,
+    maxCount: maxCount === undefined
+      ? Infinity
+      : checkVersion(maxCount, "options.maxCount", 1),
+    types: types?.map((type, index) =>
+      checkName(type, `options.types[${index}]`)
+    ),
+    category: checkedCategory,
+  };
+}
+
+/** The category of a stream: its id's prefix before the first `-`. */
+export function categoryOf(streamId: string): string {
+  const dash = streamId.indexOf("-");
+  return dash === -1 ? streamId : streamId.slice(0, dash);
+}
+
+/** The largest `bigint` PostgreSQL stores. */
+const MAX_POSITION = 2n ** 63n - 1n;
 
 function readOption<T = Record<string, unknown>>(
   options: unknown,

@@ -22,6 +22,12 @@ export const ARRAY_OID = {
   uuid: 2951,
 } as const;
 
+/**
+ * Events one transaction can append: a position is the transaction's id
+ * shifted left by 20 bits, plus the event's index in the transaction.
+ */
+export const POSITIONS_PER_TRANSACTION = 2 ** 20;
+
 /** The statements of a store whose tables live in `schema` (quoted). */
 export interface Statements {
   /**
@@ -44,6 +50,14 @@ export interface Statements {
   appendOne: string;
   /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
   load: string;
+  /**
+   * Events of every stream in global order. `$1` after this position, `$2`
+   * limit (null: all), `$3` types (null: all), `$4` category (null: all).
+   * Only positions below the snapshot's xmin << 20 are returned: every
+   * transaction with a lower id has ended, so no position below them can
+   * still appear; a later one may still be preceded by a commit.
+   */
+  readAll: string;
   /** `$1` stream id; one row with `version`. */
   streamVersion: string;
   /**
@@ -67,7 +81,8 @@ export function statementsFor(schema: string): Statements {
   return {
     append: appendWith(
       events,
-      `SELECT $1, current.version + batch.ordinality, batch.event_id,
+      `SELECT current.taken + batch.ordinality,
+              $1, current.version + batch.ordinality, batch.event_id,
               batch.event_type, batch.data, batch.metadata
        FROM current,
             unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
@@ -76,7 +91,8 @@ export function statementsFor(schema: string): Statements {
     ),
     appendOne: appendWith(
       events,
-      `SELECT $1, current.version + 1, $2::uuid, $3::text, $4::bytea, $5::jsonb
+      `SELECT current.taken + 1,
+              $1, current.version + 1, $2::uuid, $3::text, $4::bytea, $5::jsonb
        FROM current`,
       "",
     ),
@@ -88,6 +104,18 @@ export function statementsFor(schema: string): Statements {
       WHERE stream_id = $1 AND version >= $2::bigint
       ORDER BY version
       LIMIT $3::bigint`,
+    readAll: `
+      SELECT event_id AS id, stream_id AS stream, version,
+             global_position AS position, event_type AS type, data,
+             metadata::text AS metadata, created_at AS created
+      FROM ${events}
+      WHERE global_position > $1::bigint
+        AND global_position <
+            (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+        AND ($3::text[] IS NULL OR event_type = ANY ($3::text[]))
+        AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
+      ORDER BY global_position
+      LIMIT $2::bigint`,
     streamVersion: `
       SELECT coalesce(max(version), 0) AS version
       FROM ${events} WHERE stream_id = $1`,
@@ -119,11 +147,17 @@ export function statementsFor(schema: string): Statements {
 function appendWith(events: string, rows: string, order: string): string {
   return `
     WITH current AS (
-      SELECT coalesce(max(version), 0) AS version
-      FROM ${events} WHERE stream_id = $1
+      SELECT (SELECT coalesce(max(version), 0) FROM ${events}
+              WHERE stream_id = $1) AS version,
+             -- The last position this transaction took, or its base.
+             coalesce((SELECT max(global_position) FROM ${events}
+                        WHERE global_position >= position.base
+                          AND global_position < position.base + ${POSITIONS_PER_TRANSACTION}),
+                       position.base) AS taken
+      FROM (SELECT pg_current_xact_id()::text::bigint << 20 AS base) AS position
     ), appended AS (
       INSERT INTO ${events}
-        (stream_id, version, event_id, event_type, data, metadata)
+        (global_position, stream_id, version, event_id, event_type, data, metadata)
       ${rows}
       WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
         AND (current.version > 0 OR NOT $7::boolean)

@@ -78,6 +78,21 @@ export interface LoadOptions {
   maxCount?: number;
 }
 
+/** Options of {@linkcode EventStore.readAll}. */
+export interface ReadAllOptions {
+  /** Return events after this global position (exclusive); `0n` when absent. */
+  fromPosition?: bigint;
+  /** At most this many events; all when absent. At least 1. */
+  maxCount?: number;
+  /** Only events of these types; all types when absent. */
+  types?: readonly string[];
+  /**
+   * Only events of streams in this category: the stream id's prefix before
+   * its first `-` (`order-42` is in `order`; `order` alone is too).
+   */
+  category?: string;
+}
+
 /**
  * The latest saved state of a stream, so that an aggregate loads as the
  * snapshot plus the events after `version`.
@@ -156,6 +171,22 @@ export interface EventStore extends AsyncDisposable {
     streamId: string,
     options?: LoadOptions,
   ): Promise<RecordedEvent<D>[]>;
+
+  /**
+   * Reads events of every stream in global order: those with a
+   * `globalPosition` above `options.fromPosition`, strictly increasing. A
+   * reader that continues from the last position it received never later
+   * finds an event at a lower position: events are returned only once no
+   * transaction still running can commit one below them.
+   *
+   * @param options Where to start (exclusive), how many, which types and
+   *   category.
+   * @returns The events, possibly none.
+   * @throws {InvalidArgumentError} An option is malformed.
+   * @throws {EncodingError} Stored data cannot be decoded.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]>;
 
   /**
    * The stream's version: its number of events, 0 when it has none.

@@ -11,6 +11,7 @@ import type {
   EventStore,
   LoadOptions,
   NewEvent,
+  ReadAllOptions,
   RecordedEvent,
   Snapshot,
 } from "./event_store.ts";
@@ -18,8 +19,10 @@ import { cborCodec, type Codec } from "./codec.ts";
 import { StoreClosedError } from "./errors.ts";
 import { assertExpectedVersion } from "./expected_version.ts";
 import {
+  categoryOf,
   checkExpectedVersion,
   checkLoadOptions,
+  checkReadAllOptions,
   checkSnapshotVersion,
   checkStreamId,
   checkVersion,
@@ -96,6 +99,8 @@ export class InMemoryEventStore implements EventStore {
   readonly #clock: () => Date;
   readonly #generateId: () => string;
   #streams = new Map<string, StoredEvent[]>();
+  /** Every event in global order; an event's position is its index + 1. */
+  #all: { streamId: string; version: number; event: StoredEvent }[] = [];
   #snapshots = new Map<string, StoredSnapshot>();
   #lastGlobalPosition = 0n;
   #closed = false;
@@ -132,14 +137,16 @@ export class InMemoryEventStore implements EventStore {
       // Nothing below can throw: the stream changes whole or not at all.
       for (let index = 0; index < prepared.length; index++) {
         const event = prepared[index];
-        stream.push({
+        const stored: StoredEvent = {
           id: event.id,
           globalPosition: ++this.#lastGlobalPosition,
           type: event.type,
           data: event.data,
           metadataJson: metadataJson[index],
           createdAtMs,
-        });
+        };
+        stream.push(stored);
+        this.#all.push({ streamId, version: stream.length, event: stored });
       }
       this.#streams.set(streamId, stream);
       return {
@@ -162,24 +169,59 @@ export class InMemoryEventStore implements EventStore {
       const end = Math.min(stream.length, start + maxCount);
       const loaded: RecordedEvent<D>[] = [];
       for (let index = start; index < end; index++) {
-        const event = stream[index];
-        loaded.push({
-          id: event.id,
-          streamId,
-          version: index + 1,
-          globalPosition: event.globalPosition,
-          type: event.type,
-          data: decodeValue(
-            this.#codec,
-            event.data,
-            `stream ${JSON.stringify(streamId)} version ${index + 1} data`,
-          ) as D,
-          metadata: JSON.parse(event.metadataJson),
-          createdAt: new Date(event.createdAtMs),
-        });
+        loaded.push(this.#recorded<D>(streamId, index + 1, stream[index]));
       }
       return loaded;
     });
+  }
+
+  /** {@inheritDoc EventStore.readAll} */
+  readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]> {
+    return this.#run("read all events", () => {
+      const { fromPosition, maxCount, types, category } = checkReadAllOptions(
+        options,
+      );
+      const wanted = types === undefined ? undefined : new Set(types);
+      const read: RecordedEvent<D>[] = [];
+      // Positions are dense from 1: position p is at index p - 1.
+      const start = fromPosition >= BigInt(this.#all.length)
+        ? this.#all.length
+        : Number(fromPosition);
+      for (
+        let index = start;
+        index < this.#all.length && read.length < maxCount;
+        index++
+      ) {
+        const { streamId, version, event } = this.#all[index];
+        if (wanted !== undefined && !wanted.has(event.type)) continue;
+        if (category !== undefined && categoryOf(streamId) !== category) {
+          continue;
+        }
+        read.push(this.#recorded<D>(streamId, version, event));
+      }
+      return read;
+    });
+  }
+
+  #recorded<D>(
+    streamId: string,
+    version: number,
+    event: StoredEvent,
+  ): RecordedEvent<D> {
+    return {
+      id: event.id,
+      streamId,
+      version,
+      globalPosition: event.globalPosition,
+      type: event.type,
+      data: decodeValue(
+        this.#codec,
+        event.data,
+        `stream ${JSON.stringify(streamId)} version ${version} data`,
+      ) as D,
+      metadata: JSON.parse(event.metadataJson),
+      createdAt: new Date(event.createdAtMs),
+    };
   }
 
   /** {@inheritDoc EventStore.streamVersion} */
@@ -235,6 +277,7 @@ export class InMemoryEventStore implements EventStore {
   close(): Promise<void> {
     this.#closed = true;
     this.#streams = new Map();
+    this.#all = [];
     this.#snapshots = new Map();
     return Promise.resolve();
   }

@@ -66,6 +66,7 @@ export interface MigrationResult {
 export const BUNDLED_MIGRATIONS: readonly string[] = [
   "001_create_events_table.sql",
   "002_create_snapshots_table.sql",
+  "003_global_position_from_transaction.sql",
 ];
 
 /**

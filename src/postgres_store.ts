@@ -21,6 +21,7 @@ import type {
   ExpectedVersion,
   LoadOptions,
   NewEvent,
+  ReadAllOptions,
   RecordedEvent,
   Snapshot,
 } from "./event_store.ts";
@@ -46,6 +47,7 @@ import {
 import {
   checkExpectedVersion,
   checkLoadOptions,
+  checkReadAllOptions,
   checkSnapshotVersion,
   checkStreamId,
   checkVersion,
@@ -66,7 +68,12 @@ import {
   redactUrl,
   translateError,
 } from "./_postgres.ts";
-import { ARRAY_OID, type Statements, statementsFor } from "./_sql.ts";
+import {
+  ARRAY_OID,
+  POSITIONS_PER_TRANSACTION,
+  type Statements,
+  statementsFor,
+} from "./_sql.ts";
 
 /** Options of {@linkcode PostgresEventStore}, named as postgres.js users expect. */
 export interface PostgresEventStoreOptions {
@@ -339,6 +346,12 @@ export class PostgresEventStore implements EventStore {
         checkStreamId(streamId);
         const expected = checkExpectedVersion(options);
         const prepared = prepareEvents(events, this.#codec, this.#generateId);
+        if (prepared.length >= POSITIONS_PER_TRANSACTION) {
+          throw new InvalidArgumentError(
+            "events",
+            `must hold fewer than ${POSITIONS_PER_TRANSACTION} events: one append is one transaction, and positions allow that many per transaction`,
+          );
+        }
         span.setAttribute("eventstore.event_count", prepared.length);
         span.setAttribute("eventstore.expected_version", String(expected));
         const ids = new Array<string>(prepared.length);
@@ -433,27 +446,35 @@ export class PostgresEventStore implements EventStore {
         );
         const events = new Array<RecordedEvent<D>>(rows.length);
         for (let index = 0; index < rows.length; index++) {
-          const row = rows[index];
-          const version = Number(row.version);
-          events[index] = {
-            id: row.id,
-            streamId,
-            version,
-            globalPosition: BigInt(row.position),
-            type: row.type,
-            data: decodeValue(
-              this.#codec,
-              asBytes(row.data),
-              `stream ${JSON.stringify(streamId)} version ${version} data`,
-            ) as D,
-            metadata: asJsonObject(row.metadata),
-            createdAt: row.created,
-          };
+          events[index] = this.#recorded<D>(streamId, rows[index]);
         }
         span.setAttribute("eventstore.event_count", events.length);
         return events;
       },
     );
+  }
+
+  /** {@inheritDoc EventStore.readAll} */
+  readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]> {
+    return this.#run("read all events", {}, async (span) => {
+      const { fromPosition, maxCount, types, category } = checkReadAllOptions(
+        options,
+      );
+      const rows = await this.#read(() =>
+        this.#sql.unsafe(this.#statements.readAll, [
+          fromPosition,
+          Number.isFinite(maxCount) ? maxCount : null,
+          types === undefined ? null : this.#sql.array(types, ARRAY_OID.text),
+          category ?? null,
+        ] as never[], { prepare: true })
+      );
+      const events = new Array<RecordedEvent<D>>(rows.length);
+      for (let index = 0; index < rows.length; index++) {
+        events[index] = this.#recorded<D>(rows[index].stream, rows[index]);
+      }
+      span.setAttribute("eventstore.event_count", events.length);
+      return events;
+    });
   }
 
   /** {@inheritDoc EventStore.streamVersion} */
@@ -567,6 +588,25 @@ export class PostgresEventStore implements EventStore {
   /** What `util.inspect(store)` shows in Node: {@linkcode toString}. Never throws. */
   [Symbol.for("nodejs.util.inspect.custom")](): string {
     return this.toString();
+  }
+
+  /** An event row as the contract's {@linkcode RecordedEvent}. */
+  #recorded<D>(streamId: string, row: postgres.Row): RecordedEvent<D> {
+    const version = Number(row.version);
+    return {
+      id: row.id,
+      streamId,
+      version,
+      globalPosition: BigInt(row.position),
+      type: row.type,
+      data: decodeValue(
+        this.#codec,
+        asBytes(row.data),
+        `stream ${JSON.stringify(streamId)} version ${version} data`,
+      ) as D,
+      metadata: asJsonObject(row.metadata),
+      createdAt: row.created,
+    };
   }
 
   async #readStreamVersion(streamId: string): Promise<number> {

@@ -63,6 +63,7 @@ function wrapStore(
     appendEvents: (streamId, events, options) =>
       store.appendEvents(streamId, events, options),
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
+    readAll: (options) => store.readAll(options),
     streamVersion: (streamId) => store.streamVersion(streamId),
     saveSnapshot: (streamId, version, state) =>
       store.saveSnapshot(streamId, version, state),

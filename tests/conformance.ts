@@ -106,6 +106,11 @@ export function testEventStore(
   }
 }
 
+/** A category (no `-` in it) that no other case or run uses. */
+export function newCategory(): string {
+  return `category${crypto.randomUUID().replaceAll("-", "")}`;
+}
+
 /** A stream id no other case or run uses. */
 export function newStreamId(prefix = "stream"): string {
   return `${prefix}-${crypto.randomUUID()}`;
@@ -891,6 +896,102 @@ const CASES: ConformanceCase[] = [
     },
   },
 
+  // Reading every stream in global order.
+  {
+    name:
+      "readAll returns events in global order, after a position, up to a count",
+    async run(store) {
+      const category = newCategory();
+      const [first, second] = [`${category}-1`, `${category}-2`];
+      await store.appendEvents(first, events(2, "A"));
+      await store.appendEvents(second, events(1, "B"));
+      await store.appendEvents(first, events(1, "C"));
+      const all = await store.readAll<{ n: number }>({ category });
+      assert.deepEqual(
+        all.map((event) => [event.streamId, event.version, event.type]),
+        [[first, 1, "A"], [first, 2, "A"], [second, 1, "B"], [first, 3, "C"]],
+      );
+      for (let index = 1; index < all.length; index++) {
+        assert.ok(all[index - 1].globalPosition < all[index].globalPosition);
+      }
+      // The same events as loadEvents gives, field for field.
+      assert.deepEqual(
+        all.slice(0, 2),
+        (await store.loadEvents(first)).slice(0, 2),
+      );
+      const after = await store.readAll({
+        category,
+        fromPosition: all[1].globalPosition,
+      });
+      assert.deepEqual(after.map((event) => event.type), ["B", "C"]);
+      const limited = await store.readAll({ category, maxCount: 3 });
+      assert.deepEqual(limited.map((event) => event.type), ["A", "A", "B"]);
+      const last = all[3].globalPosition;
+      assert.deepEqual(
+        await store.readAll({ category, fromPosition: last }),
+        [],
+      );
+      // Without a filter it starts at the beginning of the store.
+      const everything = await store.readAll({ maxCount: 1 });
+      assert.equal(everything.length, 1);
+      assert.ok(everything[0].globalPosition <= all[0].globalPosition);
+    },
+  },
+  {
+    name: "readAll filters by event types and by category",
+    async run(store) {
+      const category = newCategory();
+      await store.appendEvents(`${category}-1`, events(1, "Placed"));
+      await store.appendEvents(category, events(1, "Shipped")); // no dash: its own category
+      await store.appendEvents(`${category}x-1`, events(1, "Placed"));
+      await store.appendEvents(`${category}-2`, events(1, "Cancelled"));
+      const types = (read: { type: string }[]) =>
+        read.map((event) => event.type);
+      assert.deepEqual(types(await store.readAll({ category })), [
+        "Placed",
+        "Shipped",
+        "Cancelled",
+      ]);
+      assert.deepEqual(
+        types(
+          await store.readAll({ category, types: ["Placed", "Cancelled"] }),
+        ),
+        ["Placed", "Cancelled"],
+      );
+      assert.deepEqual(
+        await store.readAll({ category, types: ["NoSuchType"] }),
+        [],
+      );
+      assert.deepEqual(
+        (await store.readAll({ category: `${category}x` })).map((event) =>
+          event.streamId
+        ),
+        [`${category}x-1`],
+      );
+    },
+  },
+  {
+    name: "bad readAll options are rejected",
+    async run(store) {
+      const bad: [string, unknown][] = [
+        ["options.fromPosition", { fromPosition: -1n }],
+        ["options.fromPosition", { fromPosition: 1 }],
+        ["options.fromPosition", { fromPosition: "1" }],
+        ["options.fromPosition", { fromPosition: 2n ** 63n }],
+        ["options.maxCount", { maxCount: 0 }],
+        ["options.maxCount", { maxCount: 1.5 }],
+        ["options.types", { types: "Placed" }],
+        ["options.types[1]", { types: ["Placed", ""] }],
+        ["options.category", { category: "" }],
+        ["options.category", { category: "order-42" }],
+        ["options", 3],
+      ];
+      for (const [field, options] of bad) {
+        await assertInvalid(store.readAll(options as never), field);
+      }
+    },
+  },
+
   // Bad input: rejected with a typed error naming the field, nothing written.
   {
     name: "bad stream ids are rejected by every method",
@@ -1061,6 +1162,7 @@ const CASES: ConformanceCase[] = [
         store.streamVersion(streamId),
         store.saveSnapshot(streamId, 1, {}),
         store.loadSnapshot(streamId),
+        store.readAll(),
       ];
       for (const call of calls) {
         await assert.rejects(call, (error) => {

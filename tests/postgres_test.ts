@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import {
+  cborCodec,
   ConcurrencyConflictError,
   type EventStore,
   InvalidArgumentError,
@@ -19,7 +20,7 @@ import {
   StoreUnavailableError,
 } from "../mod.ts";
 import { statementsFor } from "../src/_sql.ts";
-import { newStreamId, testEventStore } from "./conformance.ts";
+import { newCategory, newStreamId, testEventStore } from "./conformance.ts";
 import {
   createTestDatabase,
   createTestDatabaseOrFail,
@@ -258,6 +259,40 @@ async function registerTests(database: TestDatabase): Promise<void> {
     }
   });
 
+  Deno.test("PostgresEventStore: readAll never passes a position that a running transaction may still commit", async () => {
+    await using store = await open();
+    const category = newCategory();
+    const slowData = cborCodec.encode({ slow: true });
+    const seenWhileOpen = await admin.begin(async (transaction) => {
+      // A slow writer: its append takes a low position and stays uncommitted.
+      await transaction.unsafe(statementsFor('"public"').appendOne, [
+        `${category}-slow`,
+        crypto.randomUUID(),
+        "Slow",
+        slowData,
+        {},
+        null,
+        false,
+      ] as never[], { prepare: true });
+      // A fast writer commits a later, higher position first.
+      const fast = await store.appendEvents(`${category}-fast`, events(1));
+      assert.equal(await store.streamVersion(`${category}-fast`), 1);
+      const seen = await store.readAll({ category });
+      // Nor does it show up when reading from the start of the store.
+      const anywhere = await store.readAll({
+        fromPosition: fast.globalPosition - 1n,
+      });
+      return { seen, anywhere };
+    });
+    assert.deepEqual(seenWhileOpen.seen, []);
+    assert.deepEqual(seenWhileOpen.anywhere, []);
+    // Once the slow one commits, both arrive, in position order.
+    const all = await store.readAll({ category });
+    assert.deepEqual(all.map((event) => event.type), ["Slow", "Happened"]);
+    assert.ok(all[0].globalPosition < all[1].globalPosition);
+    assert.deepEqual(all[0].data, { slow: true });
+  });
+
   Deno.test("PostgresEventStore: the first call on a brand-new store appends every column type", async () => {
     // A fresh pool of one connection: nothing has run on it before.
     await using store = await open({ max: 1 });
@@ -291,8 +326,9 @@ async function registerTests(database: TestDatabase): Promise<void> {
     // statements could not use the keys: 2,000 streams of 10 events, each
     // with a snapshot.
     await admin`
-      INSERT INTO events (stream_id, version, event_id, event_type, data)
-      SELECT 'plan-' || stream, version, gen_random_uuid(), 'Bulk', '\\x00'
+      INSERT INTO events (global_position, stream_id, version, event_id, event_type, data)
+      SELECT (pg_current_xact_id()::text::bigint << 20) + stream * 10 + version,
+             'plan-' || stream, version, gen_random_uuid(), 'Bulk', '\\x00'
       FROM generate_series(1, 2000) AS stream, generate_series(1, 10) AS version`;
     await admin`
       INSERT INTO snapshots (stream_id, version, state)
@@ -548,6 +584,7 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.deepEqual(result.applied, [
       "001_create_events_table.sql",
       "002_create_snapshots_table.sql",
+      "003_global_position_from_transaction.sql",
     ]);
     const streamId = newStreamId();
     await store.appendEvents(streamId, events(2));
