@@ -54,6 +54,7 @@ export type {
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
+  SubscribeOptions,
 } from "./src/event_store.ts";
 export {
   ConcurrencyConflictError,

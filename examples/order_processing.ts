@@ -417,6 +417,7 @@ function holdAppendsUntil(count: number, store: EventStore): EventStore {
     },
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
     readAll: (options) => store.readAll(options),
+    subscribe: (options) => store.subscribe(options),
     streamVersion: (streamId) => store.streamVersion(streamId),
     saveSnapshot: (streamId, version, state) =>
       store.saveSnapshot(streamId, version, state),

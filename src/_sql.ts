@@ -23,6 +23,14 @@ export const ARRAY_OID = {
 } as const;
 
 /**
+ * The LISTEN/NOTIFY channel of a store's schema (given quoted, as checked by
+ * `quoteSchema`: letters, digits and underscores only).
+ */
+export function channelFor(quotedSchema: string): string {
+  return `eventstore_${quotedSchema.slice(1, -1)}`;
+}
+
+/**
  * Events one transaction can append: a position is the transaction's id
  * shifted left by 20 bits, plus the event's index in the transaction.
  */
@@ -58,6 +66,11 @@ export interface Statements {
    * still appear; a later one may still be preceded by a commit.
    */
   readAll: string;
+  /**
+   * Wakes subscribers. Its own transaction, which need not wait for the
+   * disk: a notification is not data, and a lost one only costs a poll.
+   */
+  notify: string;
   /** `$1` stream id; one row with `version`. */
   streamVersion: string;
   /**
@@ -116,6 +129,8 @@ export function statementsFor(schema: string): Statements {
         AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
       ORDER BY global_position
       LIMIT $2::bigint`,
+    notify: `SET LOCAL synchronous_commit = off;
+             SELECT pg_notify('${channelFor(schema)}', '')`,
     streamVersion: `
       SELECT coalesce(max(version), 0) AS version
       FROM ${events} WHERE stream_id = $1`,

@@ -93,6 +93,18 @@ export interface ReadAllOptions {
   category?: string;
 }
 
+/** Options of {@linkcode EventStore.subscribe}. */
+export interface SubscribeOptions {
+  /** Deliver events after this global position (exclusive); `0n` when absent. */
+  fromPosition?: bigint;
+  /** Only events of these types. */
+  types?: readonly string[];
+  /** Only events of streams in this category (see {@linkcode ReadAllOptions.category}). */
+  category?: string;
+  /** Ends the subscription: the iteration finishes without an error. */
+  signal?: AbortSignal;
+}
+
 /**
  * The latest saved state of a stream, so that an aggregate loads as the
  * snapshot plus the events after `version`.
@@ -187,6 +199,22 @@ export interface EventStore extends AsyncDisposable {
    * @throws {StoreClosedError} The store is closed.
    */
   readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]>;
+
+  /**
+   * Follows every stream in global order: catches up from storage, then
+   * delivers new events as they commit, each once, in position order, with
+   * the same guarantee as {@linkcode EventStore.readAll}: none is ever
+   * skipped. End it with `options.signal` or by leaving the loop (`break`).
+   *
+   * @param options Where to start (exclusive), which types and category, and
+   *   the signal that ends it.
+   * @returns An async iterable of the events.
+   * @throws {InvalidArgumentError} An option is malformed (when iteration
+   *   starts).
+   * @throws {EncodingError} Stored data cannot be decoded.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  subscribe<D>(options?: SubscribeOptions): AsyncIterable<RecordedEvent<D>>;
 
   /**
    * The stream's version: its number of events, 0 when it has none.

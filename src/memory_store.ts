@@ -14,9 +14,14 @@ import type {
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
+  SubscribeOptions,
 } from "./event_store.ts";
 import { cborCodec, type Codec } from "./codec.ts";
 import { StoreClosedError } from "./errors.ts";
+import { subscription, Wakeups } from "./_subscription.ts";
+
+/** How long a quiet in-memory subscription sleeps between reads. */
+const MEMORY_POLL_MS = 1_000;
 import { assertExpectedVersion } from "./expected_version.ts";
 import {
   categoryOf,
@@ -104,6 +109,7 @@ export class InMemoryEventStore implements EventStore {
   #snapshots = new Map<string, StoredSnapshot>();
   #lastGlobalPosition = 0n;
   #closed = false;
+  readonly #wakeups = new Wakeups();
 
   /**
    * Creates an empty store. Does no I/O. Never throws: the options are used
@@ -149,6 +155,7 @@ export class InMemoryEventStore implements EventStore {
         this.#all.push({ streamId, version: stream.length, event: stored });
       }
       this.#streams.set(streamId, stream);
+      this.#wakeups.wake();
       return {
         version: stream.length,
         globalPosition: this.#lastGlobalPosition,
@@ -224,6 +231,17 @@ export class InMemoryEventStore implements EventStore {
     };
   }
 
+  /** {@inheritDoc EventStore.subscribe} */
+  subscribe<D>(options?: SubscribeOptions): AsyncIterable<RecordedEvent<D>> {
+    // Woken by every append; the poll only bounds a wait nobody ends.
+    return subscription<D>(
+      (read) => this.readAll<D>(read),
+      this.#wakeups,
+      MEMORY_POLL_MS,
+      options,
+    );
+  }
+
   /** {@inheritDoc EventStore.streamVersion} */
   streamVersion(streamId: string): Promise<number> {
     return this.#run("read the stream version", () => {
@@ -276,6 +294,7 @@ export class InMemoryEventStore implements EventStore {
    */
   close(): Promise<void> {
     this.#closed = true;
+    this.#wakeups.wake(); // subscribers read again, and learn it is closed
     this.#streams = new Map();
     this.#all = [];
     this.#snapshots = new Map();

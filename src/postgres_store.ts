@@ -24,6 +24,7 @@ import type {
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
+  SubscribeOptions,
 } from "./event_store.ts";
 import { cborCodec, type Codec } from "./codec.ts";
 import {
@@ -68,8 +69,10 @@ import {
   redactUrl,
   translateError,
 } from "./_postgres.ts";
+import { subscription, Wakeups } from "./_subscription.ts";
 import {
   ARRAY_OID,
+  channelFor,
   POSITIONS_PER_TRANSACTION,
   type Statements,
   statementsFor,
@@ -108,6 +111,19 @@ const POOL_OPTIONS = [
 
 /** Appends that lose a race for `"any"` retry at most this often. */
 const MAX_APPEND_ATTEMPTS = 100;
+
+/**
+ * How long a quiet subscription sleeps between reads: the safety net behind
+ * NOTIFY (a reader held back by an older running transaction is not
+ * notified again when that one ends).
+ */
+const POSTGRES_POLL_MS = 1_000;
+
+/**
+ * How long an append's NOTIFY waits for others to share it: a few
+ * milliseconds of delivery delay against one notification per append.
+ */
+const NOTIFY_DELAY_MS = 5;
 
 /** How long `close()` lets the store's own calls finish before ending the pool. */
 const CLOSE_GRACE_MS = 5_000;
@@ -179,6 +195,11 @@ export class PostgresEventStore implements EventStore {
   readonly #server: string;
   #password: string | undefined;
   readonly #inFlight = new Set<Promise<unknown>>();
+  readonly #wakeups = new Wakeups();
+  #listening: Promise<void> | undefined;
+  #unlisten: (() => Promise<void>) | undefined;
+  #notifyTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #channel: string;
   #closed = false;
 
   /**
@@ -220,6 +241,7 @@ export class PostgresEventStore implements EventStore {
     this.#sql = asPostgres(sql);
     this.#schema = schema;
     this.#statements = statementsFor(quoteSchema(schema));
+    this.#channel = channelFor(quoteSchema(schema));
     this.#codec = options.codec ?? cborCodec;
     this.#logger = options.logger ?? silentLogger;
     this.#generateId = options.generateId ?? (() => crypto.randomUUID());
@@ -401,6 +423,7 @@ export class PostgresEventStore implements EventStore {
             }
             const version = previous + prepared.length;
             span.setAttribute("eventstore.version", version);
+            this.#notifyAppended();
             return { version, globalPosition: BigInt(row.position) };
           } catch (error) {
             const retry = retryAfter(error, expected);
@@ -477,6 +500,70 @@ export class PostgresEventStore implements EventStore {
     });
   }
 
+  /** {@inheritDoc EventStore.subscribe} */
+  subscribe<D>(options?: SubscribeOptions): AsyncIterable<RecordedEvent<D>> {
+    return subscription<D>(
+      (read) => this.readAll<D>(read),
+      this.#wakeups,
+      POSTGRES_POLL_MS,
+      options,
+      () => this.#listen(),
+    );
+  }
+
+  /**
+   * Tells subscribers (in any process) that appends committed: a NOTIFY
+   * after the appends, not inside them. Inside, every committing append
+   * takes PostgreSQL's notification queue lock, which serialized commits and
+   * cut 16-writer throughput (W3) from 0.8 to 0.37 of its baseline
+   * (measured). After, appends that commit within `NOTIFY_DELAY_MS` of each
+   * other share one NOTIFY, sent without waiting for the disk.
+   */
+  #notifyAppended(): void {
+    if (this.#notifyTimer !== undefined) return;
+    this.#notifyTimer = setTimeout(() => {
+      this.#notifyTimer = undefined;
+      this.#sendNotify();
+    }, NOTIFY_DELAY_MS);
+  }
+
+  #sendNotify(): void {
+    // No parameters: the simple protocol runs both statements of `notify`
+    // as one implicit transaction.
+    const sending = this.#sql.unsafe(this.#statements.notify).then(
+      () => {},
+      (error) => {
+        // Subscribers fall back on their poll; the appends stand.
+        this.#log("warn", "Cannot notify subscribers", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+      },
+    );
+    this.#inFlight.add(sending);
+    sending.then(() => this.#inFlight.delete(sending));
+  }
+
+  /**
+   * Listens (once per store) for the NOTIFY that appends send.
+   * A store that cannot listen still delivers, by polling: it logs why.
+   */
+  #listen(): Promise<void> {
+    this.#listening ??= this.#sql.listen(
+      this.#channel,
+      () => this.#wakeups.wake(),
+    ).then(
+      ({ unlisten }) => {
+        this.#unlisten = unlisten;
+      },
+      (error) => {
+        this.#log("warn", "Cannot listen for appends; subscriptions poll", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+      },
+    );
+    return this.#listening;
+  }
+
   /** {@inheritDoc EventStore.streamVersion} */
   streamVersion(streamId: string): Promise<number> {
     return this.#run(
@@ -551,6 +638,15 @@ export class PostgresEventStore implements EventStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeups.wake(); // subscribers read again, and learn it is closed
+    if (this.#notifyTimer !== undefined) {
+      // Appends that were still to be announced: announce them now.
+      clearTimeout(this.#notifyTimer);
+      this.#notifyTimer = undefined;
+      this.#sendNotify();
+    }
+    await this.#listening;
+    await this.#unlisten?.().catch(() => {});
     if (ownedPools.has(this.#sql)) {
       // Let this store's own calls finish first; then postgres.js only has
       // to close idle sockets, which takes milliseconds. Its end() can wait

@@ -64,6 +64,7 @@ function wrapStore(
       store.appendEvents(streamId, events, options),
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
     readAll: (options) => store.readAll(options),
+    subscribe: (options) => store.subscribe(options),
     streamVersion: (streamId) => store.streamVersion(streamId),
     saveSnapshot: (streamId, version, state) =>
       store.saveSnapshot(streamId, version, state),

@@ -992,6 +992,91 @@ const CASES: ConformanceCase[] = [
     },
   },
 
+  // Following every stream as it grows.
+  {
+    name: "subscribe catches up, then delivers every new event once, in order",
+    async run(store) {
+      const category = newCategory();
+      const before = await store.appendEvents(`${category}-0`, events(3));
+      const expected = new Set(
+        (await store.loadEvents(`${category}-0`)).map((event) => event.id),
+      );
+      const writers = 4;
+      const perWriter = 500;
+      const total = 3 + writers * perWriter;
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 60_000);
+      const received: { id: string; position: bigint }[] = [];
+      const subscriber = (async () => {
+        for await (
+          const event of store.subscribe({ category, signal: stop.signal })
+        ) {
+          received.push({ id: event.id, position: event.globalPosition });
+          if (received.length === total) break;
+        }
+      })();
+      // Four writers, while the subscriber is live.
+      await Promise.all(
+        Array.from({ length: writers }, async (_, writer) => {
+          for (let append = 0; append < perWriter; append++) {
+            const id = crypto.randomUUID();
+            expected.add(id);
+            await store.appendEvents(`${category}-${writer + 1}`, [{
+              id,
+              type: "Written",
+              data: { writer, append },
+            }]);
+          }
+        }),
+      );
+      await subscriber;
+      clearTimeout(timer);
+      assert.equal(received.length, total, "events missing");
+      assert.deepEqual(new Set(received.map((event) => event.id)), expected);
+      for (let index = 1; index < received.length; index++) {
+        assert.ok(received[index - 1].position < received[index].position);
+      }
+      assert.equal(received[2].position, before.globalPosition);
+    },
+  },
+  {
+    name: "a subscription ends on abort and on break, and checks its options",
+    async run(store) {
+      const category = newCategory();
+      await store.appendEvents(`${category}-1`, events(2));
+      const stop = new AbortController();
+      const seen: number[] = [];
+      const aborted = (async () => {
+        for await (
+          const event of store.subscribe<{ n: number }>({
+            category,
+            signal: stop.signal,
+          })
+        ) {
+          seen.push(event.data.n);
+          if (seen.length === 2) stop.abort(); // then it waits no more
+        }
+      })();
+      await aborted;
+      assert.deepEqual(seen, [1, 2]);
+      // fromPosition skips what was already read; break ends it cleanly.
+      const [first] = await store.readAll({ category, maxCount: 1 });
+      for await (
+        const event of store.subscribe({
+          category,
+          fromPosition: first.globalPosition,
+        })
+      ) {
+        assert.equal(event.version, 2);
+        break;
+      }
+      const iterator = store.subscribe({ category: "a-b" })[
+        Symbol.asyncIterator
+      ]();
+      await assertInvalid(iterator.next(), "options.category");
+    },
+  },
+
   // Bad input: rejected with a typed error naming the field, nothing written.
   {
     name: "bad stream ids are rejected by every method",

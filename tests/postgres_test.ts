@@ -293,6 +293,42 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.deepEqual(all[0].data, { slow: true });
   });
 
+  Deno.test("PostgresEventStore: appends NOTIFY subscribers of other pools (other processes alike)", async () => {
+    const notified = Promise.withResolvers<string>();
+    const listener = await admin.listen(
+      "eventstore_public",
+      (payload) => notified.resolve(payload),
+    );
+    const timer = setTimeout(
+      () => notified.reject(new Error("no NOTIFY within 10 s")),
+      10_000,
+    );
+    try {
+      await using writer = await open();
+      await writer.appendEvents(newStreamId(), events(1));
+      assert.equal(await notified.promise, "");
+    } finally {
+      clearTimeout(timer);
+      await listener.unlisten();
+    }
+    // A subscriber of another store sees an append of this one.
+    await using reader = await open();
+    await using writer = await open();
+    const category = newCategory();
+    const stop = new AbortController();
+    const received = (async () => {
+      for await (
+        const event of reader.subscribe({ category, signal: stop.signal })
+      ) {
+        return event.streamId;
+      }
+    })();
+    await writer.appendEvents(`${category}-1`, events(1));
+    const guard = setTimeout(() => stop.abort(), 10_000);
+    assert.equal(await received, `${category}-1`);
+    clearTimeout(guard);
+  });
+
   Deno.test("PostgresEventStore: the first call on a brand-new store appends every column type", async () => {
     // A fresh pool of one connection: nothing has run on it before.
     await using store = await open({ max: 1 });
