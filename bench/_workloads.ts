@@ -239,6 +239,9 @@ export async function postgresWorkloads(
     await store.appendEvents(loadStream, batch(1000));
     await rawInsert(loadStream, chunk * 1000, 1000);
   }
+  // W6 reads the same 10,000 events through readAll, from just before them.
+  const [firstLoaded] = await store.loadEvents(loadStream, { maxCount: 1 });
+  const beforeLoadStream = firstLoaded.globalPosition - 1n;
   const aggregateStream = `bench-w5-${run}`;
   const repository = new AggregateRepository(store, tally, {
     snapshotEvery: 100,
@@ -336,6 +339,21 @@ export async function postgresWorkloads(
         await repository.load(aggregateStream);
       },
     },
+    {
+      id: "W6",
+      name: `readAll catch-up: ${
+        LOAD_LENGTH.toLocaleString("en")
+      } events in global order`,
+      eventsPerIteration: LOAD_LENGTH,
+      iterations: 15,
+      async run() {
+        const events = await store.readAll({
+          fromPosition: beforeLoadStream,
+          maxCount: LOAD_LENGTH,
+        });
+        if (events.length !== LOAD_LENGTH) throw new Error("short read");
+      },
+    },
   ];
   return {
     workloads,
@@ -344,4 +362,63 @@ export async function postgresWorkloads(
       await sql.end();
     },
   };
+}
+
+/** Delivery delay from an append's commit to a live subscriber, in ms. */
+export interface DeliveryLatency {
+  p50: number;
+  p99: number;
+  samples: number;
+}
+
+/**
+ * Appends `count` single events, 20 ms apart (an idle store between them),
+ * through one store while another store's subscription receives them, and
+ * measures from each append's return to its delivery.
+ *
+ * @param url A migrated database.
+ * @param count How many appends.
+ */
+export async function deliveryLatency(
+  url: string,
+  count: number,
+): Promise<DeliveryLatency> {
+  const reader = await PostgresEventStore.connect(url, { max: 2 });
+  const writer = await PostgresEventStore.connect(url, { max: 2 });
+  const category = `latency${crypto.randomUUID().replaceAll("-", "")}`;
+  const sent = new Map<string, number>();
+  const delays: number[] = [];
+  const stop = new AbortController();
+  try {
+    const received = (async () => {
+      for await (
+        const event of reader.subscribe({ category, signal: stop.signal })
+      ) {
+        delays.push(performance.now() - sent.get(event.id)!);
+        if (delays.length === count) return;
+      }
+    })();
+    // The first read and LISTEN of the subscription, before timing starts.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    for (let append = 0; append < count; append++) {
+      const id = crypto.randomUUID();
+      await writer.appendEvents(`${category}-1`, [{
+        id,
+        type: "Ping",
+        data: append,
+      }]);
+      sent.set(id, performance.now());
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const guard = setTimeout(() => stop.abort(), 10_000);
+    await received;
+    clearTimeout(guard);
+  } finally {
+    await reader.close();
+    await writer.close();
+  }
+  const sorted = delays.sort((a, b) => a - b);
+  const at = (share: number) =>
+    sorted[Math.min(sorted.length - 1, Math.floor(share * sorted.length))];
+  return { p50: at(0.5), p99: at(0.99), samples: sorted.length };
 }

@@ -21,6 +21,7 @@ import postgres from "postgres";
 import { PostgresEventStore } from "../mod.ts";
 import { createTestDatabase } from "../tests/_database.ts";
 import {
+  deliveryLatency,
   inMemoryWorkloads,
   postgresWorkloads,
   type Workload,
@@ -36,7 +37,11 @@ const TARGETS: Record<string, { eventsPerSecond?: number; ratio?: number }> = {
   W3: { eventsPerSecond: 12_000, ratio: 0.85 },
   W4: { eventsPerSecond: 250_000 },
   M100: { eventsPerSecond: 500_000 },
+  W6: { eventsPerSecond: 200_000 },
 };
+
+/** The issue's target for the delivery delay to a live subscriber. */
+const LATENCY_P99_TARGET_MS = 50;
 
 interface Options {
   smoke: boolean;
@@ -218,8 +223,12 @@ async function main(): Promise<void> {
     } finally {
       await postgresSet.close();
     }
+    const latency = options.only.length > 0 && !options.only.includes("W7")
+      ? undefined
+      : await deliveryLatency(database.url, options.smoke ? 5 : 200);
     const rows = rowsOf(results);
     const report = {
+      latency,
       date: new Date().toISOString(),
       smoke: options.smoke,
       runs: options.runs,
@@ -234,6 +243,21 @@ async function main(): Promise<void> {
           : `Medians of ${options.runs} runs.\n\n`
       }${formatTable(rows, options.smoke)}`,
     );
+    if (latency !== undefined) {
+      console.log(
+        `\nW7 delivery from an append's commit to a live subscriber (${latency.samples} appends, 20 ms apart): p50 ${
+          latency.p50.toFixed(1)
+        } ms, p99 ${
+          latency.p99.toFixed(1)
+        } ms (target p99 < ${LATENCY_P99_TARGET_MS} ms${
+          options.smoke
+            ? ""
+            : latency.p99 < LATENCY_P99_TARGET_MS
+            ? ": met"
+            : ": missed"
+        })`,
+      );
+    }
     await Deno.mkdir(new URL(".", `file://${options.json}`), {
       recursive: true,
     });
