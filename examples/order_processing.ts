@@ -418,6 +418,10 @@ function holdAppendsUntil(count: number, store: EventStore): EventStore {
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
     readAll: (options) => store.readAll(options),
     subscribe: (options) => store.subscribe(options),
+    runProjection: (name, handler, options) =>
+      store.runProjection(name, handler, options),
+    projectionPosition: (name) => store.projectionPosition(name),
+    resetProjection: (name) => store.resetProjection(name),
     streamVersion: (streamId) => store.streamVersion(streamId),
     saveSnapshot: (streamId, version, state) =>
       store.saveSnapshot(streamId, version, state),

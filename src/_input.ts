@@ -48,7 +48,7 @@ export interface LoadRange {
 /**
  * @throws {InvalidArgumentError} `value` is not a usable name.
  */
-function checkName(value: unknown, field: string): string {
+export function checkName(value: unknown, field: string): string {
   if (typeof value !== "string") {
     throw new InvalidArgumentError(
       field,

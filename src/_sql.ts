@@ -71,6 +71,12 @@ export interface Statements {
    * disk: a notification is not data, and a lost one only costs a poll.
    */
   notify: string;
+  /** `$1` projection name; zero or one row with `position`. */
+  projectionPosition: string;
+  /** `$1` projection name, `$2` position: saves it. */
+  saveProjectionPosition: string;
+  /** `$1` projection name: forgets its position. */
+  resetProjection: string;
   /** `$1` stream id; one row with `version`. */
   streamVersion: string;
   /**
@@ -131,6 +137,15 @@ export function statementsFor(schema: string): Statements {
       LIMIT $2::bigint`,
     notify: `SET LOCAL synchronous_commit = off;
              SELECT pg_notify('${channelFor(schema)}', '')`,
+    projectionPosition: `
+      SELECT position FROM ${schema}.projection_checkpoints WHERE name = $1`,
+    saveProjectionPosition: `
+      INSERT INTO ${schema}.projection_checkpoints (name, position)
+      VALUES ($1, $2::bigint)
+      ON CONFLICT (name) DO UPDATE
+        SET position = excluded.position, updated_at = now()`,
+    resetProjection: `
+      DELETE FROM ${schema}.projection_checkpoints WHERE name = $1`,
     streamVersion: `
       SELECT coalesce(max(version), 0) AS version
       FROM ${events} WHERE stream_id = $1`,

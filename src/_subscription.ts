@@ -7,12 +7,14 @@
  */
 
 import type {
+  ProjectionHandler,
+  ProjectionOptions,
   ReadAllOptions,
   RecordedEvent,
   SubscribeOptions,
 } from "./event_store.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import { checkReadAllOptions } from "./_input.ts";
+import { checkReadAllOptions, checkVersion } from "./_input.ts";
 
 /** Events read per round while catching up. */
 const BATCH = 1000;
@@ -103,5 +105,66 @@ export async function* subscription<D>(
       await ready();
       await wakeups.wait(pollMs, signal, seen);
     }
+  }
+}
+
+/** What a store provides to run a projection. */
+export interface ProjectionStorage<D> {
+  /** `readAll` of the store. */
+  read(options: ReadAllOptions): Promise<RecordedEvent<D>[]>;
+  /** The saved position of the projection. */
+  position(): Promise<bigint>;
+  /** Runs the handler on a batch and saves `position`, together. */
+  handle(
+    events: RecordedEvent<D>[],
+    handler: ProjectionHandler<D>,
+    position: bigint,
+  ): Promise<void>;
+}
+
+/**
+ * Runs a projection until its signal aborts: read a batch after the saved
+ * position, hand it over and save, or, with nothing new, wait for a
+ * wake-up or the poll.
+ */
+export async function runProjectionLoop<D>(
+  storage: ProjectionStorage<D>,
+  handler: ProjectionHandler<D>,
+  wakeups: Wakeups,
+  pollMs: number,
+  options: ProjectionOptions = {},
+  ready: () => Promise<void> = () => Promise.resolve(),
+): Promise<void> {
+  if (typeof handler !== "function") {
+    throw new InvalidArgumentError("handler", "must be a function");
+  }
+  const signal = options?.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError("options.signal", "must be an AbortSignal");
+  }
+  const { types, category } = checkReadAllOptions({
+    types: options?.types,
+    category: options?.category,
+  });
+  const batchSize = options?.batchSize === undefined
+    ? 100
+    : checkVersion(options.batchSize, "options.batchSize", 1);
+  let position = await storage.position();
+  while (!signal?.aborted) {
+    const seen = wakeups.count;
+    const batch = await storage.read({
+      fromPosition: position,
+      maxCount: batchSize,
+      types,
+      category,
+    });
+    if (batch.length > 0) {
+      const last = batch[batch.length - 1].globalPosition;
+      await storage.handle(batch, handler, last);
+      position = last;
+      continue;
+    }
+    await ready();
+    await wakeups.wait(pollMs, signal, seen);
   }
 }

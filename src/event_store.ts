@@ -105,6 +105,37 @@ export interface SubscribeOptions {
   signal?: AbortSignal;
 }
 
+/** Options of {@linkcode EventStore.runProjection}. */
+export interface ProjectionOptions {
+  /** Only events of these types. */
+  types?: readonly string[];
+  /** Only events of streams in this category. */
+  category?: string;
+  /** Stops the projection: `runProjection` resolves after the current batch. */
+  signal?: AbortSignal;
+  /** At most this many events per handler call: 100 by default. */
+  batchSize?: number;
+}
+
+/** What a projection handler gets besides its events. */
+export interface ProjectionContext {
+  /**
+   * On PostgreSQL, the postgres.js transaction in which the checkpoint will
+   * be saved: write the read model through it, and the writes and the
+   * checkpoint commit together, or neither does. Absent in memory.
+   */
+  transaction?: unknown;
+}
+
+/**
+ * Handles a batch of events, in global order. Throwing stops the projection
+ * and leaves its checkpoint before the batch.
+ */
+export type ProjectionHandler<D = unknown> = (
+  events: RecordedEvent<D>[],
+  context: ProjectionContext,
+) => void | Promise<void>;
+
 /**
  * The latest saved state of a stream, so that an aggregate loads as the
  * snapshot plus the events after `version`.
@@ -215,6 +246,50 @@ export interface EventStore extends AsyncDisposable {
    * @throws {StoreClosedError} The store is closed.
    */
   subscribe<D>(options?: SubscribeOptions): AsyncIterable<RecordedEvent<D>>;
+
+  /**
+   * Runs a projection: from the position saved for `name`, hands batches of
+   * events in global order to `handler`, saving the position after each, and
+   * keeps following new events until `options.signal` aborts. Delivery is
+   * at least once (a batch whose handler threw, or that was interrupted, is
+   * handed again on the next run); on PostgreSQL, a handler that writes
+   * through `context.transaction` gets exactly once, since its writes and
+   * the checkpoint commit together.
+   *
+   * @param name The projection's name: its checkpoint's key.
+   * @param handler Handles each batch.
+   * @param options Filters, the stopping signal, the batch size.
+   * @returns When the signal aborts.
+   * @throws {InvalidArgumentError} An argument is malformed.
+   * @throws {Error} Whatever the handler throws, after the batch was undone.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  runProjection<D>(
+    name: string,
+    handler: ProjectionHandler<D>,
+    options?: ProjectionOptions,
+  ): Promise<void>;
+
+  /**
+   * The global position a projection has handled up to: `0n` before its
+   * first batch.
+   *
+   * @param name The projection's name.
+   * @returns The position.
+   * @throws {InvalidArgumentError} The name is malformed.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  projectionPosition(name: string): Promise<bigint>;
+
+  /**
+   * Forgets a projection's position, so that its next run replays every
+   * event from the start (clear its read model first).
+   *
+   * @param name The projection's name.
+   * @throws {InvalidArgumentError} The name is malformed.
+   * @throws {StoreClosedError} The store is closed.
+   */
+  resetProjection(name: string): Promise<void>;
 
   /**
    * The stream's version: its number of events, 0 when it has none.

@@ -11,6 +11,8 @@ import type {
   EventStore,
   LoadOptions,
   NewEvent,
+  ProjectionHandler,
+  ProjectionOptions,
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
@@ -18,7 +20,7 @@ import type {
 } from "./event_store.ts";
 import { cborCodec, type Codec } from "./codec.ts";
 import { StoreClosedError } from "./errors.ts";
-import { subscription, Wakeups } from "./_subscription.ts";
+import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
 
 /** How long a quiet in-memory subscription sleeps between reads. */
 const MEMORY_POLL_MS = 1_000;
@@ -27,6 +29,7 @@ import {
   categoryOf,
   checkExpectedVersion,
   checkLoadOptions,
+  checkName,
   checkReadAllOptions,
   checkSnapshotVersion,
   checkStreamId,
@@ -110,6 +113,7 @@ export class InMemoryEventStore implements EventStore {
   #lastGlobalPosition = 0n;
   #closed = false;
   readonly #wakeups = new Wakeups();
+  #checkpoints = new Map<string, bigint>();
 
   /**
    * Creates an empty store. Does no I/O. Never throws: the options are used
@@ -242,6 +246,47 @@ export class InMemoryEventStore implements EventStore {
     );
   }
 
+  /** {@inheritDoc EventStore.runProjection} */
+  runProjection<D>(
+    name: string,
+    handler: ProjectionHandler<D>,
+    options?: ProjectionOptions,
+  ): Promise<void> {
+    return this.#run("run a projection", () => checkName(name, "name"))
+      .then((checked) =>
+        runProjectionLoop<D>(
+          {
+            read: (read) => this.readAll<D>(read),
+            position: () => this.projectionPosition(checked),
+            handle: async (events, handle, position) => {
+              await handle(events, {});
+              if (this.#closed) throw new StoreClosedError("run a projection");
+              this.#checkpoints.set(checked, position);
+            },
+          },
+          handler,
+          this.#wakeups,
+          MEMORY_POLL_MS,
+          options,
+        )
+      );
+  }
+
+  /** {@inheritDoc EventStore.projectionPosition} */
+  projectionPosition(name: string): Promise<bigint> {
+    return this.#run(
+      "read a projection's position",
+      () => this.#checkpoints.get(checkName(name, "name")) ?? 0n,
+    );
+  }
+
+  /** {@inheritDoc EventStore.resetProjection} */
+  resetProjection(name: string): Promise<void> {
+    return this.#run("reset a projection", () => {
+      this.#checkpoints.delete(checkName(name, "name"));
+    });
+  }
+
   /** {@inheritDoc EventStore.streamVersion} */
   streamVersion(streamId: string): Promise<number> {
     return this.#run("read the stream version", () => {
@@ -298,6 +343,7 @@ export class InMemoryEventStore implements EventStore {
     this.#streams = new Map();
     this.#all = [];
     this.#snapshots = new Map();
+    this.#checkpoints = new Map();
     return Promise.resolve();
   }
 

@@ -67,6 +67,7 @@ export const BUNDLED_MIGRATIONS: readonly string[] = [
   "001_create_events_table.sql",
   "002_create_snapshots_table.sql",
   "003_global_position_from_transaction.sql",
+  "004_create_projection_checkpoints_table.sql",
 ];
 
 /**

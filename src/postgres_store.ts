@@ -21,6 +21,8 @@ import type {
   ExpectedVersion,
   LoadOptions,
   NewEvent,
+  ProjectionHandler,
+  ProjectionOptions,
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
@@ -48,6 +50,7 @@ import {
 import {
   checkExpectedVersion,
   checkLoadOptions,
+  checkName,
   checkReadAllOptions,
   checkSnapshotVersion,
   checkStreamId,
@@ -69,7 +72,7 @@ import {
   redactUrl,
   translateError,
 } from "./_postgres.ts";
-import { subscription, Wakeups } from "./_subscription.ts";
+import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
 import {
   ARRAY_OID,
   channelFor,
@@ -562,6 +565,87 @@ export class PostgresEventStore implements EventStore {
       },
     );
     return this.#listening;
+  }
+
+  /** {@inheritDoc EventStore.runProjection} */
+  async runProjection<D>(
+    name: string,
+    handler: ProjectionHandler<D>,
+    options?: ProjectionOptions,
+  ): Promise<void> {
+    if (this.#closed) throw new StoreClosedError("run a projection");
+    const checked = checkName(name, "name");
+    await runProjectionLoop<D>(
+      {
+        read: (read) => this.readAll<D>(read),
+        position: () => this.projectionPosition(checked),
+        handle: (events, handle, position) =>
+          this.#handleBatch(checked, events, handle, position),
+      },
+      handler,
+      this.#wakeups,
+      POSTGRES_POLL_MS,
+      options,
+      () => this.#listen(),
+    );
+  }
+
+  /**
+   * Runs a projection's handler and saves its checkpoint in one transaction,
+   * so that the handler's writes through it and the checkpoint commit
+   * together. The handler's own error comes out unchanged; the database's
+   * are typed like every other.
+   */
+  #handleBatch<D>(
+    name: string,
+    events: RecordedEvent<D>[],
+    handler: ProjectionHandler<D>,
+    position: bigint,
+  ): Promise<void> {
+    let handlerError: { error: unknown } | undefined;
+    return this.#run(
+      "run a projection",
+      { "eventstore.projection": name },
+      () =>
+        this.#sql.begin(async (transaction) => {
+          try {
+            await handler(events, { transaction });
+          } catch (error) {
+            handlerError = { error };
+            throw error;
+          }
+          await transaction.unsafe(
+            this.#statements.saveProjectionPosition,
+            [name, position] as never[],
+            { prepare: true },
+          );
+        }).then(() => {}),
+    ).catch((error) => {
+      throw handlerError === undefined ? error : handlerError.error;
+    });
+  }
+
+  /** {@inheritDoc EventStore.projectionPosition} */
+  projectionPosition(name: string): Promise<bigint> {
+    return this.#run("read a projection's position", {}, async () => {
+      const checked = checkName(name, "name");
+      const [row] = await this.#read(() =>
+        this.#sql.unsafe(this.#statements.projectionPosition, [checked], {
+          prepare: true,
+        })
+      );
+      return row === undefined ? 0n : BigInt(row.position);
+    });
+  }
+
+  /** {@inheritDoc EventStore.resetProjection} */
+  resetProjection(name: string): Promise<void> {
+    return this.#run("reset a projection", {}, async () => {
+      const checked = checkName(name, "name");
+      await this.#sql.unsafe(this.#statements.resetProjection, [checked], {
+        prepare: true,
+      });
+    });
   }
 
   /** {@inheritDoc EventStore.streamVersion} */

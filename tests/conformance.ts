@@ -1077,6 +1077,96 @@ const CASES: ConformanceCase[] = [
     },
   },
 
+  // Projections with durable checkpoints.
+  {
+    name:
+      "a projection resumes from its checkpoint after a stop, losing nothing",
+    async run(store) {
+      const category = newCategory();
+      const name = `projection-${crypto.randomUUID()}`;
+      for (let stream = 1; stream <= 3; stream++) {
+        await store.appendEvents(`${category}-${stream}`, events(10));
+      }
+      const expected = (await store.readAll({ category })).map((e) => e.id);
+      assert.equal(await store.projectionPosition(name), 0n);
+      const handled: string[] = [];
+      // First run: stopped after two batches of 7.
+      const first = new AbortController();
+      await store.runProjection(name, (batch) => {
+        handled.push(...batch.map((event) => event.id));
+        if (handled.length >= 14) first.abort();
+      }, { category, batchSize: 7, signal: first.signal });
+      assert.equal(handled.length, 14);
+      const saved = await store.projectionPosition(name);
+      const all = await store.readAll({ category });
+      assert.equal(saved, all[13].globalPosition);
+      // Second run: resumes there, and follows appends made while it runs.
+      const second = new AbortController();
+      const running = store.runProjection(name, (batch) => {
+        handled.push(...batch.map((event) => event.id));
+        if (handled.length >= expected.length + 5) second.abort();
+      }, { category, batchSize: 7, signal: second.signal });
+      const late = Array.from({ length: 5 }, () => crypto.randomUUID());
+      for (const id of late) {
+        await store.appendEvents(`${category}-4`, [{
+          id,
+          type: "Late",
+          data: 1,
+        }]);
+      }
+      const guard = setTimeout(() => second.abort(), 20_000);
+      await running;
+      clearTimeout(guard);
+      assert.deepEqual(handled, [...expected, ...late]);
+    },
+  },
+  {
+    name:
+      "a failing handler leaves the checkpoint; a reset replays from the start",
+    async run(store) {
+      const category = newCategory();
+      const name = `projection-${crypto.randomUUID()}`;
+      await store.appendEvents(`${category}-1`, events(6));
+      const all = await store.readAll({ category });
+      let calls = 0;
+      await assert.rejects(
+        store.runProjection(name, () => {
+          if (++calls === 2) throw new RangeError("read model refused");
+        }, { category, batchSize: 3 }),
+        (error) => error instanceof RangeError,
+      );
+      assert.equal(await store.projectionPosition(name), all[2].globalPosition);
+      // The next run gets the refused batch again (at least once).
+      const again: number[] = [];
+      const stop = new AbortController();
+      await store.runProjection<{ n: number }>(name, (batch) => {
+        again.push(...batch.map((event) => event.data.n));
+        if (again.length === 3) stop.abort();
+      }, { category, batchSize: 3, signal: stop.signal });
+      assert.deepEqual(again, [4, 5, 6]);
+      await store.resetProjection(name);
+      assert.equal(await store.projectionPosition(name), 0n);
+      const replayed: number[] = [];
+      const replay = new AbortController();
+      await store.runProjection<{ n: number }>(name, (batch) => {
+        replayed.push(...batch.map((event) => event.data.n));
+        if (replayed.length === 6) replay.abort();
+      }, { category, signal: replay.signal });
+      assert.deepEqual(replayed, [1, 2, 3, 4, 5, 6]);
+      // Bad arguments.
+      await assertInvalid(store.runProjection("", () => {}), "name");
+      await assertInvalid(
+        store.runProjection(name, () => {}, { batchSize: 0 }),
+        "options.batchSize",
+      );
+      await assertInvalid(
+        store.runProjection(name, "nope" as never),
+        "handler",
+      );
+      await assertInvalid(store.projectionPosition(""), "name");
+    },
+  },
+
   // Bad input: rejected with a typed error naming the field, nothing written.
   {
     name: "bad stream ids are rejected by every method",

@@ -253,7 +253,7 @@ if (database !== undefined) {
       assert.match(
         lines[0],
         run === 1
-          ? /^Order processing on PostgresEventStore\(postgres:\/\/.*\): applied 3 migration\(s\)$/
+          ? /^Order processing on PostgresEventStore\(postgres:\/\/.*\): applied 4 migration\(s\)$/
           : /: schema up to date$/,
       );
       await runOn(store, lines);

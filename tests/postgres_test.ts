@@ -329,6 +329,55 @@ async function registerTests(database: TestDatabase): Promise<void> {
     clearTimeout(guard);
   });
 
+  Deno.test("PostgresEventStore: a projection's writes through its transaction commit with the checkpoint (exactly once)", async () => {
+    await using store = await open();
+    const category = newCategory();
+    const name = `revenue-${crypto.randomUUID()}`;
+    const table = `read_model_${crypto.randomUUID().replaceAll("-", "")}`;
+    await admin.unsafe(`CREATE TABLE ${table} (event_id uuid PRIMARY KEY)`);
+    await store.appendEvents(`${category}-1`, events(10));
+    const expected = (await store.readAll({ category })).map((e) => e.id);
+    type Transaction = postgres.TransactionSql;
+    const project = (failOnBatch: number, stop: AbortController) => {
+      let batches = 0;
+      return store.runProjection(name, async (batch, { transaction }) => {
+        const sql = transaction as Transaction;
+        for (const event of batch) {
+          await sql.unsafe(`INSERT INTO ${table} (event_id) VALUES ($1)`, [
+            event.id,
+          ]);
+        }
+        if (++batches === failOnBatch) {
+          throw new Error("crashed after writing, before the checkpoint");
+        }
+        const [{ count }] = await sql.unsafe(
+          `SELECT count(*)::int AS count FROM ${table}`,
+        );
+        if (count === expected.length) stop.abort();
+      }, { category, batchSize: 4, signal: stop.signal });
+    };
+    await assert.rejects(project(2, new AbortController()), /crashed/);
+    // The failed batch's rows went with its transaction.
+    const [{ count: afterCrash }] = await admin.unsafe(
+      `SELECT count(*)::int AS count FROM ${table}`,
+    );
+    assert.equal(afterCrash, 4);
+    const stop = new AbortController();
+    const guard = setTimeout(() => stop.abort(), 20_000);
+    await project(0, stop);
+    clearTimeout(guard);
+    const rows = await admin.unsafe(`SELECT event_id FROM ${table}`);
+    assert.deepEqual(
+      rows.map((row) => row.event_id).sort(),
+      [...expected].sort(),
+    );
+    assert.equal(
+      await store.projectionPosition(name),
+      (await store.readAll({ category })).at(-1)!.globalPosition,
+    );
+    await admin.unsafe(`DROP TABLE ${table}`);
+  });
+
   Deno.test("PostgresEventStore: the first call on a brand-new store appends every column type", async () => {
     // A fresh pool of one connection: nothing has run on it before.
     await using store = await open({ max: 1 });
@@ -621,6 +670,7 @@ async function registerTests(database: TestDatabase): Promise<void> {
       "001_create_events_table.sql",
       "002_create_snapshots_table.sql",
       "003_global_position_from_transaction.sql",
+      "004_create_projection_checkpoints_table.sql",
     ]);
     const streamId = newStreamId();
     await store.appendEvents(streamId, events(2));
