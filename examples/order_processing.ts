@@ -11,7 +11,8 @@
  *
  * It places orders, ships one, cancels one and shows a refused command;
  * rebuilds an order from its stream; lets two handlers race on one order;
- * and grows an order until it is snapshotted. Every run uses fresh order ids,
+ * grows an order until it is snapshotted; and runs a live projection,
+ * revenue per customer, that follows new orders as they come in. Every run uses fresh order ids,
  * so it can run again and again on the same database.
  *
  * @module
@@ -26,6 +27,7 @@ import {
   InMemoryEventStore,
   type LoadedAggregate,
   PostgresEventStore,
+  type RecordedEvent,
 } from "../mod.ts";
 
 // ── The domain ──────────────────────────────────────────────────────────────
@@ -211,6 +213,8 @@ export interface ExampleResult {
   raceRetries: number[];
   /** How the big order loaded after it was snapshotted. */
   bigLoad: LoadedAggregate<Order>;
+  /** Revenue per customer, in cents, from the live projection: before and after two more orders. */
+  revenue: { before: Record<string, number>; after: Record<string, number> };
 }
 
 function dollars(cents: number): string {
@@ -391,6 +395,50 @@ export async function runExample(
   );
   final[ids.big] = bigLoad.state;
 
+  print("\n5. A live projection: revenue per customer, as orders come in");
+  const projection = revenueProjection(`order-${runId}-`);
+  const stop = new AbortController();
+  // Checkpointed under its name: a restarted process resumes where it was.
+  const running = store.runProjection<OrderEvent["data"]>(
+    `revenue-per-customer-${runId}`,
+    projection.handle,
+    { category: "order", signal: stop.signal },
+  );
+  const caughtUpWith = async (orderId: string) => {
+    const [last] = await store.loadEvents(orderId, {
+      fromVersion: await store.streamVersion(orderId),
+    });
+    while (
+      await store.projectionPosition(`revenue-per-customer-${runId}`) <
+        last.globalPosition
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+  await caughtUpWith(ids.big);
+  const before = projection.revenue();
+  print(`   ${describeRevenue(before)}`);
+  for (
+    const [orderId, customer, item] of [
+      [id(5), "Ada", catalogue.tea],
+      [id(6), "Grace", catalogue.mug],
+    ] as const
+  ) {
+    await orders.handle(orderId, {
+      type: "PlaceOrder",
+      customer,
+      items: [item],
+    });
+    print(
+      `   ${orderId} PlaceOrder by ${customer}, ${dollars(lineTotal(item))}`,
+    );
+  }
+  await caughtUpWith(id(6));
+  const after = projection.revenue();
+  print(`   ${describeRevenue(after)}`);
+  stop.abort();
+  await running;
+
   return {
     ids,
     orders: final,
@@ -398,7 +446,50 @@ export async function runExample(
     rebuildEqual,
     raceRetries: race.map((result) => result.retries),
     bigLoad,
+    revenue: { before, after },
   };
+}
+
+/**
+ * A read model: revenue per customer, in cents. Placed orders and added
+ * lines count; a cancelled order's total is taken back. It keeps to the
+ * orders whose ids start with `prefix` (this run's).
+ */
+function revenueProjection(prefix: string) {
+  const revenue = new Map<string, number>();
+  const customers = new Map<string, string>();
+  const totals = new Map<string, number>();
+  const add = (orderId: string, cents: number) => {
+    const customer = customers.get(orderId)!;
+    revenue.set(customer, (revenue.get(customer) ?? 0) + cents);
+    totals.set(orderId, (totals.get(orderId) ?? 0) + cents);
+  };
+  return {
+    handle(events: RecordedEvent<OrderEvent["data"]>[]): void {
+      for (const event of events) {
+        if (!event.streamId.startsWith(prefix)) continue;
+        const { streamId, type, data } = event as unknown as OrderEvent & {
+          streamId: string;
+        };
+        if (type === "OrderPlaced.v1") {
+          customers.set(streamId, data.customer);
+          add(streamId, data.totalCents);
+        } else if (type === "LineItemAdded.v1") {
+          add(streamId, lineTotal(data.item));
+        } else if (type === "OrderCancelled.v1") {
+          add(streamId, -(totals.get(streamId) ?? 0));
+        }
+      }
+    },
+    revenue: (): Record<string, number> =>
+      Object.fromEntries([...revenue].sort(([a], [b]) => a < b ? -1 : 1)),
+  };
+}
+
+function describeRevenue(revenue: Record<string, number>): string {
+  return Object.entries(revenue).map(([customer, cents]) =>
+    `${customer} ${dollars(cents)}`
+  ).join(", ");
 }
 
 /**

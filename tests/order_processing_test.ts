@@ -64,6 +64,18 @@ function assertFinalStates(result: ExampleResult, output: string): void {
     { version: 25, snapshotAt: 20, eventsApplied: 5 },
   );
   assert.equal(orders[ids.big].items.length, 25);
+  // The live projection, before and after two more orders.
+  assert.deepEqual(result.revenue.before, {
+    Ada: 3399,
+    Grace: 0,
+    Linus: 2500 + 300 + 899,
+    Margaret: 2500 + 2700,
+  });
+  assert.deepEqual(result.revenue.after, {
+    ...result.revenue.before,
+    Ada: 3399 + 2500,
+    Grace: 899,
+  });
   assert.equal(orders[ids.big].totalCents, 2500 + 2700);
   for (
     const line of [
@@ -75,6 +87,8 @@ function assertFinalStates(result: ExampleResult, output: string): void {
       "-0 ShipOrder refused: Cannot ship the order: the order is draft, not placed",
       "next load: snapshot at v20 + 5 event(s) after it → v25",
       "equal to a rebuild from all 25 events: yes",
+      "5. A live projection: revenue per customer, as orders come in",
+      "   Ada $58.99, Grace $8.99, Linus $36.99, Margaret $52.00",
     ]
   ) {
     assert.ok(output.includes(line), `missing "${line}" in:\n${output}`);
