@@ -264,3 +264,13 @@ export function translateError(
   }
   return new DatabaseError(`Cannot ${where}: ${detail}`, { cause: error });
 }
+
+/**
+ * A string as an SQL literal: an escape string, with backslashes and quotes
+ * doubled, so that nothing in the text can end it whatever the server's
+ * `standard_conforming_strings`. Only for statements that must run as one
+ * simple-protocol query, which takes no parameters.
+ */
+export function literal(text: string): string {
+  return `E'${text.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
+}

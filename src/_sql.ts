@@ -10,6 +10,8 @@
  * @module
  */
 
+import { literal } from "./_postgres.ts";
+
 /**
  * Array type OIDs. postgres.js fetches array types when a connection opens,
  * but infers an array's type from its first element, and gets bytea and
@@ -75,8 +77,14 @@ export interface Statements {
   projectionPosition: string;
   /** `$1` projection name, `$2` position: saves it. */
   saveProjectionPosition: string;
-  /** `$1` projection name: forgets its position. */
-  resetProjection: string;
+  /**
+   * Forgets a projection's position, after any batch in flight (under the
+   * same lock). Two statements, one implicit transaction: a simple query,
+   * with the name (checked) as a literal.
+   */
+  resetProjection(name: string): string;
+  /** `$1` projection name: a transaction lock, one batch of a name at a time. */
+  lockProjection: string;
   /** `$1` stream id; one row with `version`. */
   streamVersion: string;
   /**
@@ -144,8 +152,17 @@ export function statementsFor(schema: string): Statements {
       VALUES ($1, $2::bigint)
       ON CONFLICT (name) DO UPDATE
         SET position = excluded.position, updated_at = now()`,
-    resetProjection: `
-      DELETE FROM ${schema}.projection_checkpoints WHERE name = $1`,
+    resetProjection: (name) => `
+      SELECT pg_advisory_xact_lock(hashtextextended(
+        'deno-eventstore projection ${schema.slice(1, -1)} ' || ${
+      literal(name)
+    }, 0));
+      DELETE FROM ${schema}.projection_checkpoints WHERE name = ${
+      literal(name)
+    }`,
+    lockProjection: `
+      SELECT pg_advisory_xact_lock(hashtextextended(
+        'deno-eventstore projection ${schema.slice(1, -1)} ' || $1, 0))`,
     streamVersion: `
       SELECT coalesce(max(version), 0) AS version
       FROM ${events} WHERE stream_id = $1`,

@@ -68,8 +68,8 @@ export class Wakeups {
  * @param wakeups Where the store says something may have been appended.
  * @param pollMs How long to wait without a wake-up before reading anyway.
  * @param options The subscriber's options.
- * @param ready Called once before each wait, so that a store can start
- *   listening before the subscriber first sleeps.
+ * @param ready Called before the first read, so that a store can start
+ *   listening before anything could be missed.
  */
 export async function* subscription<D>(
   read: (options: ReadAllOptions) => Promise<RecordedEvent<D>[]>,
@@ -87,6 +87,8 @@ export async function* subscription<D>(
     types: options?.types,
     category: options?.category,
   });
+  // Listen before the first read, so that no wake-up falls between them.
+  await ready();
   let position = fromPosition;
   while (!signal?.aborted) {
     const seen = wakeups.count;
@@ -102,7 +104,6 @@ export async function* subscription<D>(
       position = event.globalPosition;
     }
     if (batch.length < BATCH) {
-      await ready();
       await wakeups.wait(pollMs, signal, seen);
     }
   }
@@ -114,12 +115,18 @@ export interface ProjectionStorage<D> {
   read(options: ReadAllOptions): Promise<RecordedEvent<D>[]>;
   /** The saved position of the projection. */
   position(): Promise<bigint>;
-  /** Runs the handler on a batch and saves `position`, together. */
+  /**
+   * Runs the handler on a batch and saves `to` as the position, together,
+   * but only while the saved position is still `from`, checked under a lock
+   * per projection name: a reset, or another runner of the same name, moved
+   * it otherwise. Returns whether the batch was handled.
+   */
   handle(
     events: RecordedEvent<D>[],
     handler: ProjectionHandler<D>,
-    position: bigint,
-  ): Promise<void>;
+    from: bigint,
+    to: bigint,
+  ): Promise<boolean>;
 }
 
 /**
@@ -149,6 +156,8 @@ export async function runProjectionLoop<D>(
   const batchSize = options?.batchSize === undefined
     ? 100
     : checkVersion(options.batchSize, "options.batchSize", 1);
+  // Listen before the first read, so that no wake-up falls between them.
+  await ready();
   let position = await storage.position();
   while (!signal?.aborted) {
     const seen = wakeups.count;
@@ -160,11 +169,11 @@ export async function runProjectionLoop<D>(
     });
     if (batch.length > 0) {
       const last = batch[batch.length - 1].globalPosition;
-      await storage.handle(batch, handler, last);
-      position = last;
+      position = await storage.handle(batch, handler, position, last)
+        ? last
+        : await storage.position(); // reset, or handled by another runner
       continue;
     }
-    await ready();
     await wakeups.wait(pollMs, signal, seen);
   }
 }

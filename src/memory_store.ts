@@ -114,6 +114,7 @@ export class InMemoryEventStore implements EventStore {
   #closed = false;
   readonly #wakeups = new Wakeups();
   #checkpoints = new Map<string, bigint>();
+  readonly #projectionLocks = new Map<string, Promise<void>>();
 
   /**
    * Creates an empty store. Does no I/O. Never throws: the options are used
@@ -258,11 +259,20 @@ export class InMemoryEventStore implements EventStore {
           {
             read: (read) => this.readAll<D>(read),
             position: () => this.projectionPosition(checked),
-            handle: async (events, handle, position) => {
-              await handle(events, {});
-              if (this.#closed) throw new StoreClosedError("run a projection");
-              this.#checkpoints.set(checked, position);
-            },
+            handle: (events, handle, from, to) =>
+              // One batch of a name at a time: the check, the handler and
+              // the save cannot interleave with another runner's.
+              this.#exclusive(checked, async () => {
+                if ((this.#checkpoints.get(checked) ?? 0n) !== from) {
+                  return false;
+                }
+                await handle(events, {});
+                if (this.#closed) {
+                  throw new StoreClosedError("run a projection");
+                }
+                this.#checkpoints.set(checked, to);
+                return true;
+              }),
           },
           handler,
           this.#wakeups,
@@ -270,6 +280,20 @@ export class InMemoryEventStore implements EventStore {
           options,
         )
       );
+  }
+
+  /** Runs `task` after every earlier task of the same projection name. */
+  #exclusive<T>(name: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.#projectionLocks.get(name) ?? Promise.resolve();
+    const result = previous.then(task);
+    const settled = result.then(() => {}, () => {});
+    this.#projectionLocks.set(name, settled);
+    settled.then(() => {
+      if (this.#projectionLocks.get(name) === settled) {
+        this.#projectionLocks.delete(name);
+      }
+    });
+    return result;
   }
 
   /** {@inheritDoc EventStore.projectionPosition} */
@@ -282,9 +306,14 @@ export class InMemoryEventStore implements EventStore {
 
   /** {@inheritDoc EventStore.resetProjection} */
   resetProjection(name: string): Promise<void> {
-    return this.#run("reset a projection", () => {
-      this.#checkpoints.delete(checkName(name, "name"));
-    });
+    // After any batch in flight, whose save would otherwise undo the reset.
+    return this.#run("reset a projection", () => checkName(name, "name"))
+      .then((checked) =>
+        this.#exclusive(checked, () => {
+          this.#checkpoints.delete(checked);
+          return Promise.resolve();
+        })
+      );
   }
 
   /** {@inheritDoc EventStore.streamVersion} */

@@ -12,6 +12,7 @@ import { type Logger, logSafely, silentLogger } from "./logger.ts";
 import {
   asPostgres,
   isConnectionError,
+  literal,
   type PostgresSql,
   quoteSchema,
   translateError,
@@ -376,15 +377,6 @@ function doBlock(body: string): string {
   let tag = "check";
   while (body.includes(`$${tag}$`)) tag += "_";
   return `DO $${tag}$ ${body} $${tag}$`;
-}
-
-/**
- * A string as an SQL literal: an escape string, with backslashes and quotes
- * doubled, so that nothing in the text can end it whatever the server's
- * `standard_conforming_strings`.
- */
-function literal(text: string): string {
-  return `E'${text.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
 
 /** Checks the list and sorts it by name, the order in which it applies. */

@@ -551,6 +551,8 @@ export class PostgresEventStore implements EventStore {
    * A store that cannot listen still delivers, by polling: it logs why.
    */
   #listen(): Promise<void> {
+    // A subscription that outlived close() must not listen again.
+    if (this.#closed) return Promise.resolve();
     this.#listening ??= this.#sql.listen(
       this.#channel,
       () => this.#wakeups.wake(),
@@ -579,8 +581,8 @@ export class PostgresEventStore implements EventStore {
       {
         read: (read) => this.readAll<D>(read),
         position: () => this.projectionPosition(checked),
-        handle: (events, handle, position) =>
-          this.#handleBatch(checked, events, handle, position),
+        handle: (events, handle, from, to) =>
+          this.#handleBatch(checked, events, handle, from, to),
       },
       handler,
       this.#wakeups,
@@ -600,14 +602,28 @@ export class PostgresEventStore implements EventStore {
     name: string,
     events: RecordedEvent<D>[],
     handler: ProjectionHandler<D>,
-    position: bigint,
-  ): Promise<void> {
+    from: bigint,
+    to: bigint,
+  ): Promise<boolean> {
     let handlerError: { error: unknown } | undefined;
     return this.#run(
       "run a projection",
       { "eventstore.projection": name },
       () =>
         this.#sql.begin(async (transaction) => {
+          // One batch of a name at a time, in any process; then check that
+          // nobody moved the checkpoint meanwhile (a reset, another runner).
+          await transaction.unsafe(this.#statements.lockProjection, [name], {
+            prepare: true,
+          });
+          const [saved] = await transaction.unsafe(
+            this.#statements.projectionPosition,
+            [name],
+            { prepare: true },
+          );
+          if ((saved === undefined ? 0n : BigInt(saved.position)) !== from) {
+            return false;
+          }
           try {
             await handler(events, { transaction });
           } catch (error) {
@@ -616,10 +632,11 @@ export class PostgresEventStore implements EventStore {
           }
           await transaction.unsafe(
             this.#statements.saveProjectionPosition,
-            [name, position] as never[],
+            [name, to] as never[],
             { prepare: true },
           );
-        }).then(() => {}),
+          return true;
+        }).then((handled) => handled === true),
     ).catch((error) => {
       throw handlerError === undefined ? error : handlerError.error;
     });
@@ -642,9 +659,8 @@ export class PostgresEventStore implements EventStore {
   resetProjection(name: string): Promise<void> {
     return this.#run("reset a projection", {}, async () => {
       const checked = checkName(name, "name");
-      await this.#sql.unsafe(this.#statements.resetProjection, [checked], {
-        prepare: true,
-      });
+      // No parameters: both statements run as one implicit transaction.
+      await this.#sql.unsafe(this.#statements.resetProjection(checked));
     });
   }
 

@@ -1167,6 +1167,48 @@ const CASES: ConformanceCase[] = [
     },
   },
 
+  {
+    name:
+      "two runners of one projection handle each event once; a reset while running replays",
+    async run(store) {
+      const category = newCategory();
+      const name = `projection-${crypto.randomUUID()}`;
+      await store.appendEvents(`${category}-1`, events(20));
+      const handled: string[] = [];
+      const stop = new AbortController();
+      const guard = setTimeout(() => stop.abort(), 20_000);
+      const runner = () =>
+        store.runProjection(name, async (batch) => {
+          await Promise.resolve(); // let the other runner interleave
+          handled.push(...batch.map((event) => event.id));
+          if (handled.length >= 20) stop.abort();
+        }, { category, batchSize: 3, signal: stop.signal });
+      await Promise.all([runner(), runner()]);
+      assert.equal(handled.length, 20);
+      assert.equal(new Set(handled).size, 20);
+
+      // A reset while a runner follows the stream: it starts over.
+      const replay = `projection-${crypto.randomUUID()}`;
+      const seen: number[] = [];
+      const again = new AbortController();
+      const reached = Promise.withResolvers<void>();
+      const guardAgain = setTimeout(() => again.abort(), 20_000);
+      const running = store.runProjection<{ n: number }>(replay, (batch) => {
+        seen.push(...batch.map((event) => event.data.n));
+        if (seen.length === 20) reached.resolve();
+        if (seen.length >= 41) again.abort();
+      }, { category, signal: again.signal });
+      await reached.promise;
+      await store.resetProjection(replay);
+      await store.appendEvents(`${category}-1`, events(1)); // n: 1 again
+      await running;
+      clearTimeout(guardAgain);
+      clearTimeout(guard);
+      const numbers = Array.from({ length: 20 }, (_, index) => index + 1);
+      assert.deepEqual(seen, [...numbers, ...numbers, 1]);
+    },
+  },
+
   // Bad input: rejected with a typed error naming the field, nothing written.
   {
     name: "bad stream ids are rejected by every method",
