@@ -62,6 +62,7 @@ export type {
 export {
   ConcurrencyConflictError,
   DatabaseError,
+  DuplicateEventError,
   EncodingError,
   type EncodingErrorOptions,
   EventStoreError,

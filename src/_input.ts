@@ -26,6 +26,20 @@ import type { Codec } from "./codec.ts";
 export const MAX_NAME_LENGTH = 500;
 /** Deepest nesting of metadata objects and arrays. */
 export const MAX_METADATA_DEPTH = 64;
+/**
+ * Most events in one append. On PostgreSQL a global position is the writing
+ * transaction's id shifted left by 20 bits plus the event's index, so one
+ * transaction has room for 2^20 - 1 events; the in-memory store keeps the
+ * same limit so that both refuse the same appends.
+ */
+export const MAX_EVENTS_PER_APPEND = 2 ** 20 - 1;
+/**
+ * Most bytes in one append: every event's encoded data plus its metadata as
+ * UTF-8 JSON. PostgreSQL refuses a `jsonb` value over 255 MiB and a protocol
+ * message over 1 GiB, and the whole batch travels in one message; 256 MiB
+ * keeps an append well inside both, and refuses it before anything is sent.
+ */
+export const MAX_APPEND_BYTES = 256 * 1024 * 1024;
 
 const UUID_PATTERN =
   /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -35,7 +49,21 @@ export interface PreparedEvent {
   id: string;
   type: string;
   data: Uint8Array;
-  metadata: Record<string, unknown>;
+  /** The checked metadata as JSON text: what both stores keep. */
+  metadataJson: string;
+  /** Whether the id is the caller's rather than generated. */
+  idGiven: boolean;
+}
+
+/** A checked batch: its events, and whether the caller named any ids. */
+export interface PreparedBatch {
+  events: PreparedEvent[];
+  /**
+   * Whether any event came with the caller's id. Only then can the batch
+   * repeat an append already stored (a generated id is new by definition),
+   * so only then do stores look for its ids in the stream.
+   */
+  hasCallerIds: boolean;
 }
 
 /** Load options with their defaults filled in. */
@@ -266,14 +294,16 @@ function readOption<T = Record<string, unknown>>(
  * has to write. Ids are lower-cased (as PostgreSQL's `uuid` prints them) or
  * generated.
  *
- * @throws {InvalidArgumentError} The batch or one of its events is malformed.
+ * @throws {InvalidArgumentError} The batch or one of its events is malformed,
+ *   or the batch is over {@linkcode MAX_EVENTS_PER_APPEND} events or
+ *   {@linkcode MAX_APPEND_BYTES} bytes.
  * @throws {EncodingError} The codec cannot encode an event's data.
  */
 export function prepareEvents(
   events: unknown,
   codec: Codec,
   generateId: () => string,
-): PreparedEvent[] {
+): PreparedBatch {
   if (!Array.isArray(events)) {
     throw new InvalidArgumentError(
       "events",
@@ -283,25 +313,60 @@ export function prepareEvents(
   if (events.length === 0) {
     throw new InvalidArgumentError("events", "must hold at least one event");
   }
+  if (events.length > MAX_EVENTS_PER_APPEND) {
+    throw new InvalidArgumentError(
+      "events",
+      `must hold at most ${MAX_EVENTS_PER_APPEND} events (2^20 - 1, the room one transaction has for global positions), got ${events.length}: split the append`,
+    );
+  }
   const prepared = new Array<PreparedEvent>(events.length);
   const seenIds = new Set<string>();
+  let hasCallerIds = false;
+  let bytes = 0;
   for (let index = 0; index < events.length; index++) {
     const field = `events[${index}]`;
+    let event: PreparedEvent;
     try {
-      prepared[index] = prepareEvent(events[index], field, codec, generateId);
+      event = prepareEvent(events[index], field, codec, generateId);
     } catch (error) {
       throw asTypedError(error, field);
     }
-    const id = prepared[index].id;
-    if (seenIds.has(id)) {
+    prepared[index] = event;
+    hasCallerIds ||= event.idGiven;
+    if (seenIds.has(event.id)) {
       throw new InvalidArgumentError(
         `${field}.id`,
-        `repeats the id of an earlier event in the batch: ${id}`,
+        `repeats the id of an earlier event in the batch: ${event.id}`,
       );
     }
-    seenIds.add(id);
+    seenIds.add(event.id);
+    bytes = addAppendBytes(bytes, event, field);
   }
-  return prepared;
+  return { events: prepared, hasCallerIds };
+}
+
+/**
+ * Adds an event's size to its batch's and checks the total against
+ * {@linkcode MAX_APPEND_BYTES}. UTF-8 JSON takes at most 3 bytes per UTF-16
+ * unit: the exact length is computed only when that bound is not enough.
+ */
+function addAppendBytes(
+  total: number,
+  event: PreparedEvent,
+  field: string,
+): number {
+  let sum = total + event.data.byteLength + 3 * event.metadataJson.length;
+  if (sum > MAX_APPEND_BYTES) {
+    sum = total + event.data.byteLength +
+      new TextEncoder().encode(event.metadataJson).byteLength;
+  }
+  if (sum > MAX_APPEND_BYTES) {
+    throw new InvalidArgumentError(
+      field,
+      `takes the append to ${sum} bytes of encoded data and metadata, over the limit of ${MAX_APPEND_BYTES} (256 MiB): split the append, or keep large payloads outside the store`,
+    );
+  }
+  return sum;
 }
 
 function prepareEvent(
@@ -319,12 +384,13 @@ function prepareEvent(
   const { type, metadata, id, data } = event as NewEvent;
   return {
     type: checkName(type, `${field}.type`),
-    metadata: metadata === undefined
-      ? {}
-      : checkMetadata(metadata, `${field}.metadata`),
+    metadataJson: metadata === undefined
+      ? "{}"
+      : JSON.stringify(checkMetadata(metadata, `${field}.metadata`)),
     id: id === undefined
       ? checkGeneratedId(generateId())
       : checkUuid(id, `${field}.id`),
+    idGiven: id !== undefined,
     data: encodeValue(codec, data, `${field}.data`),
   };
 }

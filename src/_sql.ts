@@ -20,7 +20,6 @@ import { literal } from "./_postgres.ts";
 export const ARRAY_OID = {
   text: 1009,
   bytea: 1001,
-  jsonb: 3807,
   uuid: 2951,
 } as const;
 
@@ -42,13 +41,18 @@ export const POSITIONS_PER_TRANSACTION = 2 ** 20;
 export interface Statements {
   /**
    * Appends a batch in one round trip. Reads the stream's version, checks
-   * the expectation, and inserts every event from arrays in the same
-   * statement. Parameters: `$1` stream id, `$2` ids (uuid[]), `$3` types
-   * (text[]), `$4` data (bytea[]), `$5` metadata (jsonb[]), `$6` the exact
-   * version required (null: any), `$7` whether the stream must exist.
-   * One row: `previous` (the version read) and `position` (the last
-   * inserted global position, null when the expectation failed). Two
-   * writers that read the same version collide on the primary key (23505).
+   * the expectation, looks for the batch's ids in the stream (when `$8`),
+   * and inserts every event from arrays in the same statement, unless the
+   * expectation failed or an id is stored already. Parameters: `$1` stream
+   * id, `$2` ids (uuid[]), `$3` types (text[]), `$4` data (bytea[]), `$5`
+   * metadata (JSON text[]), `$6` the exact version required (null: any),
+   * `$7` whether the stream must exist, `$8` whether to look for the ids
+   * (only the caller's ids can be stored already). One row: `previous` (the
+   * version read), `position` (the last inserted global position, null when
+   * nothing was inserted), and where the stream holds any of the ids:
+   * `storedids`, `storedversions` (null when none) and `storedposition`
+   * (the position of the highest of them). Two writers that read the same
+   * version collide on the primary key (23505).
    */
   append: string;
   /**
@@ -110,18 +114,21 @@ export function statementsFor(schema: string): Statements {
       events,
       `SELECT current.taken + batch.ordinality,
               $1, current.version + batch.ordinality, batch.event_id,
-              batch.event_type, batch.data, batch.metadata
+              batch.event_type, batch.data, batch.metadata::jsonb
        FROM current,
-            unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
+            unnest($2::uuid[], $3::text[], $4::bytea[], $5::text[])
               WITH ORDINALITY AS batch(event_id, event_type, data, metadata, ordinality)`,
       "ORDER BY batch.ordinality",
+      "event_id = ANY ($2::uuid[])",
     ),
     appendOne: appendWith(
       events,
       `SELECT current.taken + 1,
-              $1, current.version + 1, $2::uuid, $3::text, $4::bytea, $5::jsonb
+              $1, current.version + 1, $2::uuid, $3::text, $4::bytea,
+              $5::text::jsonb
        FROM current`,
       "",
+      "event_id = $2::uuid",
     ),
     load: `
       SELECT event_id AS id, version, global_position AS position,
@@ -188,10 +195,23 @@ export function statementsFor(schema: string): Statements {
 
 /**
  * The append statement around the rows it inserts: read the stream's
- * version, insert `rows` (a SELECT from `current`) only when `$6`/`$7` hold,
- * and report the version read and the last position inserted.
+ * version and, when `$8`, the stream's events whose id `idMatch`es one of
+ * the batch's; insert `rows` (a SELECT from `current`) only when `$6`/`$7`
+ * hold and no id is stored; report the version read, the last position
+ * inserted and the ids found.
+ *
+ * Reading the ids and inserting in one statement is safe under READ
+ * COMMITTED: a repeat that runs while the first append is still
+ * uncommitted cannot see its ids, but reads the same stream version, so its
+ * insert collides with the first on the primary key and waits for it; the
+ * store then runs the statement again, which sees the committed ids.
  */
-function appendWith(events: string, rows: string, order: string): string {
+function appendWith(
+  events: string,
+  rows: string,
+  order: string,
+  idMatch: string,
+): string {
   return `
     WITH current AS (
       SELECT (SELECT coalesce(max(version), 0) FROM ${events}
@@ -202,16 +222,26 @@ function appendWith(events: string, rows: string, order: string): string {
                           AND global_position < position.base + ${POSITIONS_PER_TRANSACTION}),
                        position.base) AS taken
       FROM (SELECT pg_current_xact_id()::text::bigint << 20 AS base) AS position
+    ), stored AS (
+      -- Only for the caller's ids: a scan of the stream's rows.
+      SELECT event_id::text AS id, version, global_position
+      FROM ${events}
+      WHERE $8::boolean AND stream_id = $1 AND ${idMatch}
     ), appended AS (
       INSERT INTO ${events}
         (global_position, stream_id, version, event_id, event_type, data, metadata)
       ${rows}
       WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
         AND (current.version > 0 OR NOT $7::boolean)
+        AND NOT EXISTS (SELECT FROM stored)
       ${order}
       RETURNING global_position
     )
     SELECT current.version AS previous,
-           (SELECT max(global_position) FROM appended) AS position
+           (SELECT max(global_position) FROM appended) AS position,
+           (SELECT array_agg(id ORDER BY version) FROM stored) AS storedids,
+           (SELECT array_agg(version ORDER BY version) FROM stored)
+             AS storedversions,
+           (SELECT max(global_position) FROM stored) AS storedposition
     FROM current`;
 }

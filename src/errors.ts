@@ -13,6 +13,7 @@ import type { ExpectedVersion } from "./event_store.ts";
  */
 export type EventStoreErrorCode =
   | "concurrency_conflict"
+  | "duplicate_event"
   | "invalid_argument"
   | "encoding"
   | "store_closed"
@@ -116,6 +117,73 @@ export class ConcurrencyConflictError extends EventStoreError {
     this.streamId = streamId;
     this.expectedVersion = versions.expectedVersion;
     this.actualVersion = versions.actualVersion;
+  }
+}
+
+/**
+ * Thrown when an append carries an event id that its stream already holds,
+ * and the append is not an exact repeat of the one that stored it. An exact
+ * repeat (every id of the batch stored, in the batch's order, at the
+ * versions the expectation allows) is not an error: it returns the first
+ * append's result, so a client may retry an append whose outcome it never
+ * learned. Nothing of the append was written.
+ *
+ * @example A retry that adds an event to a stored batch
+ * ```ts
+ * import { DuplicateEventError, InMemoryEventStore } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const store = new InMemoryEventStore();
+ * const placed = { id: crypto.randomUUID(), type: "Placed", data: {} };
+ * await store.appendEvents("order-1", [placed], { expectedVersion: "no_stream" });
+ * // The same append again: the first one's result, nothing written.
+ * const again = await store.appendEvents("order-1", [placed], { expectedVersion: "no_stream" });
+ * assert.equal(again.version, 1);
+ *
+ * const shipped = { id: crypto.randomUUID(), type: "Shipped", data: {} };
+ * await assert.rejects(
+ *   store.appendEvents("order-1", [placed, shipped], { expectedVersion: "no_stream" }),
+ *   (error) => {
+ *     assert.ok(error instanceof DuplicateEventError);
+ *     assert.equal(error.eventId, placed.id);
+ *     assert.equal(error.storedVersion, 1);
+ *     return true;
+ *   },
+ * );
+ * ```
+ */
+export class DuplicateEventError extends EventStoreError {
+  /** Always `"duplicate_event"`. */
+  declare readonly code: "duplicate_event";
+  /** The stream the append targeted. */
+  readonly streamId: string;
+  /** The first event id of the batch that the stream already holds. */
+  readonly eventId: string;
+  /** The version at which the stream holds it. */
+  readonly storedVersion: number;
+
+  /**
+   * Creates the error for one event id already in a stream.
+   *
+   * @param streamId The stream the append targeted.
+   * @param stored The event id and the version the stream holds it at.
+   * @param reason Why the append is not a repeat of the stored one.
+   */
+  constructor(
+    streamId: string,
+    stored: { eventId: string; storedVersion: number },
+    reason: string,
+  ) {
+    super(
+      "duplicate_event",
+      `Cannot append to stream ${
+        quote(streamId)
+      }: event ${stored.eventId} is already stored at version ${stored.storedVersion}, and ${reason}; a retry must repeat the original append exactly (same events, same ids, same expected version)`,
+    );
+    this.name = "DuplicateEventError";
+    this.streamId = streamId;
+    this.eventId = stored.eventId;
+    this.storedVersion = stored.storedVersion;
   }
 }
 

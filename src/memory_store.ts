@@ -24,7 +24,11 @@ import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
 
 /** How long a quiet in-memory subscription sleeps between reads. */
 const MEMORY_POLL_MS = 1_000;
-import { assertExpectedVersion } from "./expected_version.ts";
+import {
+  assertExpectedVersion,
+  repeatedAppend,
+  type StoredId,
+} from "./expected_version.ts";
 import {
   categoryOf,
   checkExpectedVersion,
@@ -36,6 +40,7 @@ import {
   checkVersion,
   decodeValue,
   encodeValue,
+  type PreparedEvent,
   prepareEvents,
 } from "./_input.ts";
 
@@ -137,14 +142,29 @@ export class InMemoryEventStore implements EventStore {
     return this.#run("append events", () => {
       checkStreamId(streamId);
       const expected = checkExpectedVersion(options);
-      const prepared = prepareEvents(events, this.#codec, this.#generateId);
+      const { events: prepared, hasCallerIds } = prepareEvents(
+        events,
+        this.#codec,
+        this.#generateId,
+      );
       const stream = this.#streams.get(streamId) ?? [];
+      if (hasCallerIds) {
+        const repeated = repeatedAppend(
+          streamId,
+          expected,
+          prepared.map((event) => event.id),
+          storedIds(stream, prepared),
+        );
+        if (repeated !== undefined) {
+          return {
+            version: repeated,
+            globalPosition: stream[repeated - 1].globalPosition,
+          };
+        }
+      }
       assertExpectedVersion(streamId, expected, stream.length);
 
       const createdAtMs = this.#clock().getTime();
-      const metadataJson = prepared.map((event) =>
-        JSON.stringify(event.metadata)
-      );
       // Nothing below can throw: the stream changes whole or not at all.
       for (let index = 0; index < prepared.length; index++) {
         const event = prepared[index];
@@ -153,7 +173,7 @@ export class InMemoryEventStore implements EventStore {
           globalPosition: ++this.#lastGlobalPosition,
           type: event.type,
           data: event.data,
-          metadataJson: metadataJson[index],
+          metadataJson: event.metadataJson,
           createdAtMs,
         };
         stream.push(stored);
@@ -393,4 +413,22 @@ export class InMemoryEventStore implements EventStore {
       return Promise.reject(error);
     }
   }
+}
+
+/**
+ * Where `stream` holds ids of `batch`: a scan of the stream, as PostgreSQL
+ * makes one, and only for batches with the caller's ids.
+ */
+function storedIds(
+  stream: readonly StoredEvent[],
+  batch: readonly PreparedEvent[],
+): StoredId[] {
+  const wanted = new Set(batch.map((event) => event.id));
+  const stored: StoredId[] = [];
+  for (let index = 0; index < stream.length; index++) {
+    if (wanted.has(stream[index].id)) {
+      stored.push({ id: stream[index].id, version: index + 1 });
+    }
+  }
+  return stored;
 }

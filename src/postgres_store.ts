@@ -76,10 +76,10 @@ import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
 import {
   ARRAY_OID,
   channelFor,
-  POSITIONS_PER_TRANSACTION,
   type Statements,
   statementsFor,
 } from "./_sql.ts";
+import { repeatedAppend } from "./expected_version.ts";
 
 /** Options of {@linkcode PostgresEventStore}, named as postgres.js users expect. */
 export interface PostgresEventStoreOptions {
@@ -370,24 +370,22 @@ export class PostgresEventStore implements EventStore {
       async (span) => {
         checkStreamId(streamId);
         const expected = checkExpectedVersion(options);
-        const prepared = prepareEvents(events, this.#codec, this.#generateId);
-        if (prepared.length >= POSITIONS_PER_TRANSACTION) {
-          throw new InvalidArgumentError(
-            "events",
-            `must hold fewer than ${POSITIONS_PER_TRANSACTION} events: one append is one transaction, and positions allow that many per transaction`,
-          );
-        }
+        const { events: prepared, hasCallerIds } = prepareEvents(
+          events,
+          this.#codec,
+          this.#generateId,
+        );
         span.setAttribute("eventstore.event_count", prepared.length);
         span.setAttribute("eventstore.expected_version", String(expected));
         const ids = new Array<string>(prepared.length);
         const types = new Array<string>(prepared.length);
         const data = new Array<Uint8Array>(prepared.length);
-        const metadata = new Array<Record<string, unknown>>(prepared.length);
+        const metadata = new Array<string>(prepared.length);
         prepared.forEach((event, index) => {
           ids[index] = event.id;
           types[index] = event.type;
           data[index] = event.data;
-          metadata[index] = event.metadata;
+          metadata[index] = event.metadataJson;
         });
         const exactVersion = typeof expected === "number"
           ? expected
@@ -405,21 +403,44 @@ export class PostgresEventStore implements EventStore {
                 ids[0],
                 types[0],
                 data[0],
-                // An object: postgres.js serializes a jsonb parameter itself
-                // (a string would be stored as a JSON string).
-                metadata[0] as never,
+                metadata[0],
                 exactVersion,
                 mustExist,
+                hasCallerIds,
               ], { prepare: true })
               : await this.#sql.unsafe(this.#statements.append, [
                 streamId,
                 this.#sql.array(ids, ARRAY_OID.uuid),
                 this.#sql.array(types, ARRAY_OID.text),
                 this.#sql.array(data, ARRAY_OID.bytea),
-                this.#sql.array(metadata as never[], ARRAY_OID.jsonb),
+                this.#sql.array(metadata, ARRAY_OID.text),
                 exactVersion,
                 mustExist,
+                hasCallerIds,
               ], { prepare: true });
+            if (row.storedids !== null) {
+              const repeated = repeatedAppend(
+                streamId,
+                expected,
+                ids,
+                (row.storedids as string[]).map((id, index) => ({
+                  id,
+                  version: Number(row.storedversions[index]),
+                })),
+              );
+              if (repeated !== undefined) {
+                this.#log("debug", "Append repeated: returning its result", {
+                  streamId,
+                  version: repeated,
+                });
+                span.setAttribute("eventstore.version", repeated);
+                span.setAttribute("eventstore.repeated", true);
+                return {
+                  version: repeated,
+                  globalPosition: BigInt(row.storedposition),
+                };
+              }
+            }
             const previous = Number(row.previous);
             if (row.position === null) {
               throw this.#conflict(streamId, expected, previous);
@@ -429,7 +450,7 @@ export class PostgresEventStore implements EventStore {
             this.#notifyAppended();
             return { version, globalPosition: BigInt(row.position) };
           } catch (error) {
-            const retry = retryAfter(error, expected);
+            const retry = retryAfter(error, expected, hasCallerIds);
             if (retry === "never") throw error;
             if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
               this.#log("debug", "Retrying an append that lost a race", {
@@ -948,20 +969,24 @@ async function settle(
  * - `"retry"`: the statement may simply be run again. A serialization
  *   failure or deadlock (under an isolation level above READ COMMITTED)
  *   says nothing about versions; a key violation after a race leaves an
- *   `"any"` or `"stream_exists"` expectation true.
+ *   `"any"` or `"stream_exists"` expectation true, and may have been this
+ *   same append's first attempt (when it carries the caller's ids).
  * - `"conflict"`: another append took the version expected.
  * - `"never"`: not a race at all.
  */
 function retryAfter(
   error: unknown,
   expected: ExpectedVersion,
+  hasCallerIds: boolean,
 ): "retry" | "conflict" | "never" {
   if (!isServerError(error)) return "never";
   if (error.code === "40001" || error.code === "40P01") return "retry";
   if (error.code !== "23505" || constraintOf(error) !== "events_pkey") {
     return "never";
   }
-  return expected === "any" || expected === "stream_exists"
+  // With the caller's ids, the winner may be this very append, sent before
+  // and committed meanwhile: the statement run again tells.
+  return expected === "any" || expected === "stream_exists" || hasCallerIds
     ? "retry"
     : "conflict";
 }

@@ -8,8 +8,10 @@
  */
 
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import {
   ConcurrencyConflictError,
+  DuplicateEventError,
   EncodingError,
   type EventStore,
   type ExpectedVersion,
@@ -121,6 +123,11 @@ function events(count: number, type = "Happened"): NewEvent<{ n: number }>[] {
     type,
     data: { n: index + 1 },
   }));
+}
+
+/** The same events, each with an id of the caller's. */
+function withIds<D>(batch: NewEvent<D>[]): (NewEvent<D> & { id: string })[] {
+  return batch.map((event) => ({ ...event, id: crypto.randomUUID() }));
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -592,6 +599,148 @@ const CASES: ConformanceCase[] = [
         3,
       );
       await assertUnchanged(store, streamId, 3);
+    },
+  },
+
+  // Idempotent appends: a retry with the same event ids stores nothing twice.
+  {
+    name: "a repeated append returns the first one's result and stores nothing",
+    async run(store, storage) {
+      const cases: [(version: number) => ExpectedVersion, number][] = [
+        [() => "no_stream", 0],
+        [(version) => version, 0],
+        [(version) => version, 2],
+        [() => "stream_exists", 1],
+        [() => "any", 0],
+        [() => "any", 3],
+      ];
+      for (const [expect, before] of cases) {
+        for (const size of [1, 3]) {
+          const streamId = newStreamId();
+          if (before > 0) await store.appendEvents(streamId, events(before));
+          const batch = withIds(events(size));
+          const options = { expectedVersion: expect(before) };
+          const first = await store.appendEvents(streamId, batch, options);
+          assert.equal(first.version, before + size);
+          // Others append meanwhile; the repeat still finds its events.
+          await store.appendEvents(streamId, events(2));
+          await storage.unchangedBy(async () => {
+            assert.deepEqual(
+              await store.appendEvents(streamId, batch, options),
+              first,
+            );
+            // Upper-case ids are the same ids.
+            const upper = batch.map((event) => ({
+              ...event,
+              id: event.id.toUpperCase(),
+            }));
+            assert.deepEqual(
+              await store.appendEvents(streamId, upper, options),
+              first,
+            );
+          });
+          const stored = await store.loadEvents(streamId);
+          assert.equal(stored.length, before + size + 2);
+          assert.deepEqual(
+            stored.slice(before, before + size).map((event) => event.id),
+            batch.map((event) => event.id),
+          );
+          assert.equal(
+            stored[before + size - 1].globalPosition,
+            first.globalPosition,
+          );
+        }
+      }
+    },
+  },
+  {
+    name: "an append that partly repeats a stored one is a DuplicateEventError",
+    async run(store, storage) {
+      const streamId = newStreamId();
+      const [a, b, c] = withIds(events(3));
+      await store.appendEvents(streamId, events(1));
+      await store.appendEvents(streamId, [a, b], { expectedVersion: 1 });
+      await store.appendEvents(streamId, events(1));
+      const refusals: [NewEvent<{ n: number }>[], ExpectedVersion, string][] = [
+        [[a, b, c], 1, `events[2] (${c.id}) is not stored`],
+        [[c, a, b], 1, `events[0] (${c.id}) is not stored`],
+        [[b, a], 1, "not stored consecutively"],
+        [[a, b], 0, "followed version 1"],
+        [[a, b], "no_stream", "followed version 1"],
+        [[a, b], 3, "followed version 1"],
+      ];
+      await storage.unchangedBy(async () => {
+        for (const [batch, expectedVersion, reason] of refusals) {
+          await assert.rejects(
+            store.appendEvents(streamId, batch, { expectedVersion }),
+            (error) => {
+              assert.ok(error instanceof DuplicateEventError, String(error));
+              assert.equal(error.code, "duplicate_event");
+              assert.equal(error.streamId, streamId);
+              assert.equal(error.eventId, batch.find((e) => e !== c)!.id);
+              assert.equal(error.storedVersion, batch[0] === b ? 3 : 2);
+              assert.ok(error.message.includes(reason), error.message);
+              return true;
+            },
+          );
+        }
+      });
+      await assertUnchanged(store, streamId, 4);
+      // A prefix or suffix of a stored batch is where it was: a repeat.
+      assert.equal(
+        (await store.appendEvents(streamId, [b], { expectedVersion: 2 }))
+          .version,
+        3,
+      );
+      // The same id in another stream is another event.
+      const elsewhere = newStreamId();
+      assert.equal((await store.appendEvents(elsewhere, [a, b])).version, 2);
+      await assertUnchanged(store, streamId, 4);
+    },
+  },
+  {
+    name:
+      "limits: a 16 MiB event and a 10,000-event batch are stored; larger is refused before writing",
+    async run(store, storage) {
+      const streamId = newStreamId();
+      const big = new Uint8Array(16 * 1024 * 1024);
+      crypto.getRandomValues(big.subarray(0, 65536));
+      big[big.length - 1] = 7;
+      await store.appendEvents(streamId, [{ type: "Big", data: big }]);
+      const [loaded] = await store.loadEvents<Uint8Array>(streamId);
+      assert.equal(loaded.data.byteLength, big.byteLength);
+      assert.ok(Buffer.from(loaded.data).equals(Buffer.from(big)));
+
+      const many = await store.appendEvents(streamId, events(10_000));
+      assert.equal(many.version, 10_001);
+      const tail = await store.loadEvents<{ n: number }>(streamId, {
+        fromVersion: 10_001,
+      });
+      assert.equal(tail[0].data.n, 10_000);
+
+      await storage.unchangedBy(async () => {
+        const tooLarge = new Uint8Array(256 * 1024 * 1024 + 1);
+        await assert.rejects(
+          store.appendEvents(streamId, [{ type: "Huge", data: tooLarge }]),
+          (error) => {
+            assert.ok(error instanceof InvalidArgumentError, String(error));
+            assert.equal(error.field, "events[0]");
+            assert.match(error.message, /over the limit of 268435456/);
+            return true;
+          },
+        );
+        const tooMany = new Array(2 ** 20).fill({ type: "Tiny", data: 0 });
+        await assert.rejects(
+          store.appendEvents(streamId, tooMany),
+          (error) => {
+            assert.ok(error instanceof InvalidArgumentError, String(error));
+            assert.equal(error.field, "events");
+            assert.match(error.message, /at most 1048575 events/);
+            return true;
+          },
+        );
+      });
+      await assertUnchanged(store, streamId, 10_001);
     },
   },
 

@@ -270,8 +270,9 @@ async function registerTests(database: TestDatabase): Promise<void> {
         crypto.randomUUID(),
         "Slow",
         slowData,
-        {},
+        "{}",
         null,
+        false,
         false,
       ] as never[], { prepare: true });
       // A fast writer commits a later, higher position first.
