@@ -10,8 +10,6 @@
  * @module
  */
 
-import { literal } from "./_postgres.ts";
-
 /**
  * Array type OIDs. postgres.js fetches array types when a connection opens,
  * but infers an array's type from its first element, and gets bytea and
@@ -82,11 +80,10 @@ export interface Statements {
   /** `$1` projection name, `$2` position: saves it. */
   saveProjectionPosition: string;
   /**
-   * Forgets a projection's position, after any batch in flight (under the
-   * same lock). Two statements, one implicit transaction: a simple query,
-   * with the name (checked) as a literal.
+   * `$1` projection name: forgets its position, after any batch in flight
+   * (under the same lock), through the function of migration 005.
    */
-  resetProjection(name: string): string;
+  resetProjection: string;
   /** `$1` projection name: a transaction lock, one batch of a name at a time. */
   lockProjection: string;
   /** `$1` stream id; one row with `version`. */
@@ -159,14 +156,7 @@ export function statementsFor(schema: string): Statements {
       VALUES ($1, $2::bigint)
       ON CONFLICT (name) DO UPDATE
         SET position = excluded.position, updated_at = now()`,
-    resetProjection: (name) => `
-      SELECT pg_advisory_xact_lock(hashtextextended(
-        'deno-eventstore projection ${schema.slice(1, -1)} ' || ${
-      literal(name)
-    }, 0));
-      DELETE FROM ${schema}.projection_checkpoints WHERE name = ${
-      literal(name)
-    }`,
+    resetProjection: `SELECT ${schema}.reset_projection($1)`,
     lockProjection: `
       SELECT pg_advisory_xact_lock(hashtextextended(
         'deno-eventstore projection ${schema.slice(1, -1)} ' || $1, 0))`,

@@ -77,11 +77,43 @@ function decodeDate(decodeInner: TagDecodeControl): Date {
 }
 
 /**
+ * Deepest nesting of arrays and objects in a value. Both encoding and
+ * decoding recurse once per level; without a fixed limit, how deep a value
+ * may nest would depend on the call stack and the JIT, and a value that
+ * encoded at one call site could fail to decode at another: stored, but
+ * never readable again.
+ */
+const MAX_DEPTH = 1_000;
+
+/** The chain of containers cborg is inside while it encodes a value. */
+interface Ancestors {
+  readonly parent: Ancestors | undefined;
+}
+
+/** Rejects an array or object nested deeper than {@linkcode MAX_DEPTH}. */
+function rejectTooDeep(ancestors: Ancestors | undefined): void {
+  let depth = 1;
+  for (let node = ancestors; node !== undefined; node = node.parent) {
+    if (++depth > MAX_DEPTH) {
+      throw new TypeError(
+        `value nests deeper than ${MAX_DEPTH} levels of arrays and objects`,
+      );
+    }
+  }
+}
+
+/**
  * Rejects what CBOR would store but not give back as it was: a class instance
  * would come back as a plain object, a `Map` or a typed array other than
  * `Uint8Array` as something else. Failing loudly beats losing a type silently.
  */
-function rejectNonPlainObject(value: object): null {
+function rejectNonPlainObject(
+  value: object,
+  _type?: string,
+  _options?: unknown,
+  ancestors?: Ancestors,
+): null {
+  rejectTooDeep(ancestors);
   const prototype = Object.getPrototypeOf(value);
   if (prototype !== Object.prototype && prototype !== null) {
     throw new TypeError(
@@ -95,7 +127,13 @@ function rejectNonPlainObject(value: object): null {
 }
 
 /** A hole would come back as `undefined`. */
-function rejectSparseArray(value: unknown[]): null {
+function rejectSparseArray(
+  value: unknown[],
+  _type?: string,
+  _options?: unknown,
+  ancestors?: Ancestors,
+): null {
+  rejectTooDeep(ancestors);
   for (let index = 0; index < value.length; index++) {
     if (!(index in value)) {
       throw new TypeError(`array has a hole at index ${index}`);
@@ -179,11 +217,13 @@ tags[TAG_NEGATIVE_BIGNUM] = bigNegIntDecoder;
  * `undefined`, `bigint` (always as a bignum tag, so it comes back a `bigint`),
  * `Uint8Array` and `Date` (tag 1, millisecond precision). Everything else is
  * rejected rather than changed on the way: functions, symbols, `Map`, `Set`,
- * class instances, other typed arrays, cycles, symbol keys, sparse arrays
- * and strings with lone surrogates. Two things change type on the way, by
- * design: an object with a `null` prototype comes back as a plain object, and
- * a `Uint8Array` subclass (such as Node's `Buffer`) as a `Uint8Array`. Map keys are written in RFC 8949 order, so equal values encode
- * to equal bytes.
+ * class instances, other typed arrays, cycles, symbol keys, sparse arrays,
+ * strings with lone surrogates, and arrays and objects nested more than
+ * 1,000 levels deep (so that whatever is stored decodes again, whatever the
+ * call stack). Two things change type on the way, by design: an object with
+ * a `null` prototype comes back as a plain object, and a `Uint8Array`
+ * subclass (such as Node's `Buffer`) as a `Uint8Array`. Map keys are written
+ * in RFC 8949 order, so equal values encode to equal bytes.
  *
  * @example Round-trip a value
  * ```ts

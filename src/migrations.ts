@@ -69,6 +69,7 @@ export const BUNDLED_MIGRATIONS: readonly string[] = [
   "002_create_snapshots_table.sql",
   "003_global_position_from_transaction.sql",
   "004_create_projection_checkpoints_table.sql",
+  "005_create_reset_projection_function.sql",
 ];
 
 /**

@@ -34,7 +34,9 @@ import {
   EventStoreError,
   InvalidArgumentError,
   StoreClosedError,
+  StoreUnavailableError,
 } from "./errors.ts";
+import { Slots } from "./_slots.ts";
 import {
   type Logger,
   type LogLevel,
@@ -91,6 +93,13 @@ export interface PostgresEventStoreOptions {
   connectTimeout?: number;
   /** Milliseconds a statement may run before PostgreSQL cancels it; no limit by default. */
   statementTimeout?: number;
+  /**
+   * Milliseconds an operation may wait for a free connection of the pool
+   * (every one busy with other operations) before it fails with
+   * {@linkcode StoreUnavailableError}, having written nothing; no limit by
+   * default. Operations wait in line, first come first served.
+   */
+  acquireTimeout?: number;
   /** Shown in `pg_stat_activity`; `deno-eventstore` by default. */
   applicationName?: string;
   /** The schema that holds the tables; `public` by default. */
@@ -109,8 +118,12 @@ const POOL_OPTIONS = [
   "idleTimeout",
   "connectTimeout",
   "statementTimeout",
+  "acquireTimeout",
   "applicationName",
 ] as const;
+
+/** Connections of a pool opened by URL, unless `max` says otherwise. */
+const DEFAULT_POOL_SIZE = 10;
 
 /** Appends that lose a race for `"any"` retry at most this often. */
 const MAX_APPEND_ATTEMPTS = 100;
@@ -203,6 +216,9 @@ export class PostgresEventStore implements EventStore {
   #unlisten: (() => Promise<void>) | undefined;
   #notifyTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #channel: string;
+  /** One per connection of a pool this store opened; none for the application's. */
+  readonly #slots: Slots | undefined;
+  readonly #acquireTimeout: number | undefined;
   #closed = false;
 
   /**
@@ -241,6 +257,12 @@ export class PostgresEventStore implements EventStore {
       );
     }
     const schema = options.schema ?? "public";
+    // The application's own instance serves the application too: this
+    // store cannot count its connections' users, so it does not try.
+    this.#slots = ownedPools.has(sql)
+      ? new Slots(options.max ?? DEFAULT_POOL_SIZE)
+      : undefined;
+    this.#acquireTimeout = options.acquireTimeout;
     this.#sql = asPostgres(sql);
     this.#schema = schema;
     this.#statements = statementsFor(quoteSchema(schema));
@@ -292,7 +314,7 @@ export class PostgresEventStore implements EventStore {
     let sql: PostgresSql;
     try {
       sql = postgres(url, {
-        max: options.max ?? 10,
+        max: options.max ?? DEFAULT_POOL_SIZE,
         idle_timeout: options.idleTimeout,
         connect_timeout: options.connectTimeout ?? 30,
         connection: {
@@ -680,8 +702,9 @@ export class PostgresEventStore implements EventStore {
   resetProjection(name: string): Promise<void> {
     return this.#run("reset a projection", {}, async () => {
       const checked = checkName(name, "name");
-      // No parameters: both statements run as one implicit transaction.
-      await this.#sql.unsafe(this.#statements.resetProjection(checked));
+      await this.#sql.unsafe(this.#statements.resetProjection, [checked], {
+        prepare: true,
+      });
     });
   }
 
@@ -759,6 +782,7 @@ export class PostgresEventStore implements EventStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#slots?.close(); // operations waiting for a connection: closed
     this.#wakeups.wake(); // subscribers read again, and learn it is closed
     if (this.#notifyTimer !== undefined) {
       // Appends that were still to be announced: announce them now.
@@ -904,20 +928,19 @@ export class PostgresEventStore implements EventStore {
         ...attributes,
       },
     });
+    const streamId = attributes["eventstore.stream_id"];
+    const described = typeof streamId === "string"
+      ? `${operation} for stream ${JSON.stringify(streamId.slice(0, 200))}`
+      : operation;
+    let release: (() => void) | undefined;
     try {
+      release = await this.#slots?.acquire(this.#acquireTimeout, {
+        timedOut: () => this.#noConnection(described),
+        closed: () => new StoreClosedError(operation),
+      });
       return await body(span);
     } catch (error) {
-      const streamId = attributes["eventstore.stream_id"];
-      const typed = translateError(
-        error,
-        this.#errorContext(
-          typeof streamId === "string"
-            ? `${operation} for stream ${
-              JSON.stringify(streamId.slice(0, 200))
-            }`
-            : operation,
-        ),
-      );
+      const typed = translateError(error, this.#errorContext(described));
       span.recordException(typed);
       span.setStatus({ code: SpanStatusCode.ERROR, message: typed.message });
       span.setAttribute("eventstore.error_code", typed.code);
@@ -930,8 +953,21 @@ export class PostgresEventStore implements EventStore {
       }
       throw typed;
     } finally {
+      release?.();
       span.end();
     }
+  }
+
+  /** The error of an operation that found no connection free in time. */
+  #noConnection(operation: string): StoreUnavailableError {
+    const message =
+      `Cannot ${operation} (${this.#server}): no connection of the pool (max ${this.#slots?.size}) came free within ${this.#acquireTimeout} ms (options.acquireTimeout); every one is busy with other operations`;
+    this.#log("warn", "No connection came free in time", {
+      operation,
+      acquireTimeout: this.#acquireTimeout,
+      max: this.#slots?.size,
+    });
+    return new StoreUnavailableError(message);
   }
 
   #errorContext(operation: string): ErrorContext {
@@ -1045,7 +1081,12 @@ function checkOptions(options: PostgresEventStoreOptions): void {
   }
   if (options.max !== undefined) checkVersion(options.max, "options.max", 1);
   for (
-    const name of ["idleTimeout", "connectTimeout", "statementTimeout"] as const
+    const name of [
+      "idleTimeout",
+      "connectTimeout",
+      "statementTimeout",
+      "acquireTimeout",
+    ] as const
   ) {
     const value = options[name];
     if (

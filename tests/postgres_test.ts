@@ -672,6 +672,7 @@ async function registerTests(database: TestDatabase): Promise<void> {
       "002_create_snapshots_table.sql",
       "003_global_position_from_transaction.sql",
       "004_create_projection_checkpoints_table.sql",
+      "005_create_reset_projection_function.sql",
     ]);
     const streamId = newStreamId();
     await store.appendEvents(streamId, events(2));
@@ -709,6 +710,8 @@ async function registerTests(database: TestDatabase): Promise<void> {
       ["options.max", { max: 1.5 }],
       ["options.connectTimeout", { connectTimeout: -1 }],
       ["options.statementTimeout", { statementTimeout: NaN }],
+      ["options.acquireTimeout", { acquireTimeout: -5 }],
+      ["options.acquireTimeout", { acquireTimeout: "1s" as never }],
       ["options.applicationName", { applicationName: "a\0b" }],
       ["options.codec", { codec: {} as never }],
       ["options.logger", { logger: "console" as never }],
