@@ -184,8 +184,17 @@ export async function postgresWorkloads(
         WITH ORDINALITY AS batch(id, type, data, metadata, ordinality)`;
   };
 
-  /** One stream written by exact expected versions, store or raw. */
-  const sequential = (label: string, size: number, raw: boolean) => {
+  /**
+   * One stream written by exact expected versions, store or raw. With
+   * `ids`, every event carries an id of the caller's, so each append also
+   * looks for its ids in the stream (what makes a retry idempotent).
+   */
+  const sequential = (
+    label: string,
+    size: number,
+    raw: boolean,
+    ids = false,
+  ) => {
     const streamId = `bench-${label}-${run}`;
     let version = 0;
     return async () => {
@@ -193,7 +202,10 @@ export async function postgresWorkloads(
         await rawInsert(streamId, version, size);
         version += size;
       } else {
-        ({ version } = await store.appendEvents(streamId, batch(size), {
+        const events = ids
+          ? batch(size).map((event) => ({ ...event, id: crypto.randomUUID() }))
+          : batch(size);
+        ({ version } = await store.appendEvents(streamId, events, {
           expectedVersion: version,
         }));
       }
@@ -268,6 +280,14 @@ export async function postgresWorkloads(
       run: sequential("w1", 1, false),
     },
     {
+      id: "W1+ids",
+      name: "W1 with the caller's event ids (checked against the stream)",
+      baseline: "W1 raw",
+      eventsPerIteration: 1,
+      iterations: 400,
+      run: sequential("w1-ids", 1, false, true),
+    },
+    {
       id: "W1 raw",
       name: "raw INSERT of 1 row",
       eventsPerIteration: 1,
@@ -283,6 +303,16 @@ export async function postgresWorkloads(
         iterations: Math.max(20, 20_000 / size),
         run: sequential(`w2-${size}`, size, false),
       },
+      ...(size === 100
+        ? [{
+          id: "W2+ids",
+          name: "W2 with the caller's event ids (checked against the stream)",
+          baseline: "W2 raw",
+          eventsPerIteration: size,
+          iterations: 200,
+          run: sequential("w2-ids", size, false, true),
+        }]
+        : []),
       {
         id: size === 100 ? "W2 raw" : `W2/${size} raw`,
         name: `raw INSERT of ${size} rows from arrays`,

@@ -19,7 +19,11 @@ export interface NewEvent<D = unknown> {
   data: D;
   /** Correlation ids, user ids and the like; a plain JSON object. */
   metadata?: Record<string, unknown>;
-  /** The event's UUID; generated when absent. */
+  /**
+   * The event's UUID; generated when absent. Give one to make the append
+   * safe to retry: an append whose events a stream already holds by id is
+   * not stored twice (see {@linkcode EventStore.appendEvents}).
+   */
   id?: string;
 }
 
@@ -185,11 +189,20 @@ export interface EventStore extends AsyncDisposable {
    * Appends events to a stream, atomically, after checking
    * `options.expectedVersion`.
    *
+   * Idempotent for events with the caller's ids: when the stream already
+   * holds every id of the batch, in the batch's order, right after a
+   * version that `expectedVersion` allows, this append already happened
+   * (a retry after a timeout, say), and it returns that append's result
+   * without writing anything.
+   *
    * @param streamId The stream, a non-empty string.
-   * @param events At least one event.
+   * @param events At least one event, at most 1,048,575 and 256 MiB of
+   *   encoded data and metadata.
    * @param options The expected version; `"any"` when absent.
    * @returns The stream's new version and the last event's global position.
    * @throws {ConcurrencyConflictError} The stream's version does not match.
+   * @throws {DuplicateEventError} The stream holds some of the batch's ids,
+   *   but the append is not an exact repeat of the one that stored them.
    * @throws {InvalidArgumentError} An argument is malformed.
    * @throws {EncodingError} The codec cannot encode an event's data.
    * @throws {StoreClosedError} The store is closed.
