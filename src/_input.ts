@@ -35,11 +35,13 @@ export const MAX_METADATA_DEPTH = 64;
 export const MAX_EVENTS_PER_APPEND = 2 ** 20 - 1;
 /**
  * Most bytes in one append: every event's encoded data plus its metadata as
- * UTF-8 JSON. PostgreSQL refuses a `jsonb` value over 255 MiB and a protocol
- * message over 1 GiB, and the whole batch travels in one message; 256 MiB
- * keeps an append well inside both, and refuses it before anything is sent.
+ * UTF-8 JSON. The whole batch travels to PostgreSQL in one message, with its
+ * bytes as hex text: twice their size, in one JavaScript string, which V8
+ * caps at 2^29 - 24 characters (and PostgreSQL caps a message at 1 GiB).
+ * 128 MiB keeps an append inside both, and is refused before anything is
+ * sent rather than failing half-way through serialization.
  */
-export const MAX_APPEND_BYTES = 256 * 1024 * 1024;
+export const MAX_APPEND_BYTES = 128 * 1024 * 1024;
 
 const UUID_PATTERN =
   /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -363,7 +365,7 @@ function addAppendBytes(
   if (sum > MAX_APPEND_BYTES) {
     throw new InvalidArgumentError(
       field,
-      `takes the append to ${sum} bytes of encoded data and metadata, over the limit of ${MAX_APPEND_BYTES} (256 MiB): split the append, or keep large payloads outside the store`,
+      `takes the append to ${sum} bytes of encoded data and metadata, over the limit of ${MAX_APPEND_BYTES} (128 MiB): split the append, or keep large payloads outside the store`,
     );
   }
   return sum;

@@ -165,8 +165,11 @@ const UNAVAILABLE_SQLSTATES = new Map([
   ["3D000", "the database does not exist"],
 ]);
 
-/** SQLSTATEs of a table or schema that is not there: migrations never ran. */
-const MISSING_SCHEMA_SQLSTATES = new Set(["42P01", "3F000"]);
+/**
+ * SQLSTATEs of a table, schema or function of the store that is not there:
+ * migrations never ran, or not the latest ones (42883: `reset_projection`).
+ */
+const MISSING_SCHEMA_SQLSTATES = new Set(["42P01", "3F000", "42883"]);
 
 /** A PostgreSQL server error as postgres.js reports it. */
 interface ServerError {

@@ -10,16 +10,48 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
+
 /**
- * Array type OIDs. postgres.js fetches array types when a connection opens,
- * but infers an array's type from its first element, and gets bytea and
- * jsonb arrays wrong on a brand-new connection: so every array says its type.
+ * An array parameter as PostgreSQL's array literal, `{"a","b"}`, built here
+ * rather than by postgres.js. postgres.js serializes an array parameter only
+ * once it has fetched the server's array types, which each new connection
+ * does first; but a query pipelined onto a connection still fetching them is
+ * built before they arrive, and its array goes out as `a,b` ("malformed
+ * array literal", seen intermittently on the first appends of a new pool).
+ * A string parameter needs no serializer: the server parses the literal as
+ * the statement's declared array type (`$2::uuid[]`).
+ *
+ * @param values Each element's text (not null).
  */
-export const ARRAY_OID = {
-  text: 1009,
-  bytea: 1001,
-  uuid: 2951,
-} as const;
+export function arrayLiteral(values: readonly string[]): string {
+  let literal = "{";
+  for (let index = 0; index < values.length; index++) {
+    if (index > 0) literal += ",";
+    literal += `"${
+      values[index].replaceAll("\\", "\\\\").replaceAll('"', '\\"')
+    }"`;
+  }
+  return literal + "}";
+}
+
+/**
+ * A `bytea[]` parameter as an array literal of hex elements (`\\x…`), the
+ * text form postgres.js would send for each element too.
+ */
+export function byteaArrayLiteral(values: readonly Uint8Array[]): string {
+  let literal = "{";
+  for (let index = 0; index < values.length; index++) {
+    if (index > 0) literal += ",";
+    const bytes = values[index];
+    literal += `"\\\\x${
+      Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString(
+        "hex",
+      )
+    }"`;
+  }
+  return literal + "}";
+}
 
 /**
  * The LISTEN/NOTIFY channel of a store's schema (given quoted, as checked by

@@ -196,7 +196,7 @@ export interface EventStore extends AsyncDisposable {
    * without writing anything.
    *
    * @param streamId The stream, a non-empty string.
-   * @param events At least one event, at most 1,048,575 and 256 MiB of
+   * @param events At least one event, at most 1,048,575 and 128 MiB of
    *   encoded data and metadata.
    * @param options The expected version; `"any"` when absent.
    * @returns The stream's new version and the last event's global position.

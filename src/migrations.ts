@@ -70,6 +70,7 @@ export const BUNDLED_MIGRATIONS: readonly string[] = [
   "003_global_position_from_transaction.sql",
   "004_create_projection_checkpoints_table.sql",
   "005_create_reset_projection_function.sql",
+  "006_index_event_ids_per_stream.sql",
 ];
 
 /**
@@ -151,7 +152,8 @@ export async function runMigrations(
   sql: Sql,
   options: MigrateOptions = {},
 ): Promise<MigrationResult> {
-  const schema = options.schema ?? "public";
+  // Only an absent schema means the default: null is refused, as by the store.
+  const schema = options.schema === undefined ? "public" : options.schema;
   const quoted = quoteSchema(schema);
   const logger = options.logger ?? silentLogger;
   const migrations = checkMigrations(

@@ -76,7 +76,8 @@ import {
 } from "./_postgres.ts";
 import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
 import {
-  ARRAY_OID,
+  arrayLiteral,
+  byteaArrayLiteral,
   channelFor,
   type Statements,
   statementsFor,
@@ -432,10 +433,10 @@ export class PostgresEventStore implements EventStore {
               ], { prepare: true })
               : await this.#sql.unsafe(this.#statements.append, [
                 streamId,
-                this.#sql.array(ids, ARRAY_OID.uuid),
-                this.#sql.array(types, ARRAY_OID.text),
-                this.#sql.array(data, ARRAY_OID.bytea),
-                this.#sql.array(metadata, ARRAY_OID.text),
+                arrayLiteral(ids),
+                arrayLiteral(types),
+                byteaArrayLiteral(data),
+                arrayLiteral(metadata),
                 exactVersion,
                 mustExist,
                 hasCallerIds,
@@ -533,7 +534,7 @@ export class PostgresEventStore implements EventStore {
         this.#sql.unsafe(this.#statements.readAll, [
           fromPosition,
           Number.isFinite(maxCount) ? maxCount : null,
-          types === undefined ? null : this.#sql.array(types, ARRAY_OID.text),
+          types === undefined ? null : arrayLiteral(types),
           category ?? null,
         ] as never[], { prepare: true })
       );

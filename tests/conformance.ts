@@ -719,13 +719,13 @@ const CASES: ConformanceCase[] = [
       assert.equal(tail[0].data.n, 10_000);
 
       await storage.unchangedBy(async () => {
-        const tooLarge = new Uint8Array(256 * 1024 * 1024 + 1);
+        const tooLarge = new Uint8Array(128 * 1024 * 1024 + 1);
         await assert.rejects(
           store.appendEvents(streamId, [{ type: "Huge", data: tooLarge }]),
           (error) => {
             assert.ok(error instanceof InvalidArgumentError, String(error));
             assert.equal(error.field, "events[0]");
-            assert.match(error.message, /over the limit of 268435456/);
+            assert.match(error.message, /over the limit of 134217728/);
             return true;
           },
         );
