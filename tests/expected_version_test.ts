@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import {
   assertExpectedVersion,
   isExpectedVersion,
+  repeatedAppend,
 } from "../src/expected_version.ts";
-import { ConcurrencyConflictError } from "../mod.ts";
+import { ConcurrencyConflictError, DuplicateEventError } from "../mod.ts";
 
 Deno.test("isExpectedVersion: every form against empty and non-empty streams", () => {
   const table: [Parameters<typeof isExpectedVersion>[0], number, boolean][] = [
@@ -38,4 +39,44 @@ Deno.test("assertExpectedVersion: throws a conflict with the facts", () => {
     );
     return true;
   });
+});
+
+Deno.test("repeatedAppend: a new batch, an exact repeat, and every way of being neither", () => {
+  const [a, b, c] = ["a", "b", "c"];
+  // Stored: a at 4, b at 5 (the batch [a, b] appended after version 3).
+  const stored = [{ id: b, version: 5 }, { id: a, version: 4 }];
+  assert.equal(repeatedAppend("s", 3, [a, b], []), undefined);
+  for (const expected of [3, "any", "stream_exists"] as const) {
+    assert.equal(repeatedAppend("s", expected, [a, b], stored), 5);
+  }
+  // A prefix or a suffix is where it was, too.
+  assert.equal(repeatedAppend("s", 3, [a], stored), 4);
+  assert.equal(repeatedAppend("s", 4, [b], stored), 5);
+  const refused: [string[], Parameters<typeof repeatedAppend>[1], RegExp][] = [
+    [[a, b, c], 3, /events\[2\] \(c\) is not stored/],
+    [[c, a, b], 3, /events\[0\] \(c\) is not stored/],
+    [[b, a], 3, /not stored consecutively/],
+    [[a, b], 2, /followed version 3/],
+    [[a, b], "no_stream", /followed version 3/],
+  ];
+  for (const [batch, expected, reason] of refused) {
+    assert.throws(
+      () => repeatedAppend("s", expected, batch, stored),
+      (error) => {
+        assert.ok(error instanceof DuplicateEventError, String(error));
+        assert.equal(error.streamId, "s");
+        assert.equal(error.eventId, batch.find((id) => id !== c));
+        assert.equal(error.storedVersion, batch[0] === b ? 5 : 4);
+        assert.match(error.message, reason);
+        return true;
+      },
+    );
+  }
+  // From version 0: "no_stream" allows it, "stream_exists" does not.
+  const first = [{ id: a, version: 1 }];
+  assert.equal(repeatedAppend("s", "no_stream", [a], first), 1);
+  assert.throws(
+    () => repeatedAppend("s", "stream_exists", [a], first),
+    DuplicateEventError,
+  );
 });
