@@ -147,6 +147,7 @@ const CONNECTION_ERROR_CODES = new Set([
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",
   "CONNECTION_DESTROYED",
+  "RESPONSE_TIMEOUT", // the store's own: options.responseTimeout
 ]);
 
 /**

@@ -53,6 +53,12 @@ const TAG_POSITIVE_BIGNUM = 2;
 const TAG_NEGATIVE_BIGNUM = 3;
 
 function encodeDate(date: Date): Token[] {
+  // A subclass would come back as a plain Date: refused like any class.
+  if (Object.getPrototypeOf(date) !== Date.prototype) {
+    throw new TypeError(
+      `unsupported type: ${describeType(date)}; use a plain Date`,
+    );
+  }
   const seconds = date.getTime() / 1000;
   // Whole seconds stay integers (shorter); others need a float to keep the
   // milliseconds.
@@ -126,14 +132,19 @@ function rejectNonPlainObject(
   return null;
 }
 
-/** A hole would come back as `undefined`. */
-function rejectSparseArray(
+/** A hole would come back as `undefined`, a subclass as a plain array. */
+function rejectNonPlainArray(
   value: unknown[],
   _type?: string,
   _options?: unknown,
   ancestors?: Ancestors,
 ): null {
   rejectTooDeep(ancestors);
+  if (Object.getPrototypeOf(value) !== Array.prototype) {
+    throw new TypeError(
+      `unsupported type: ${describeType(value)}; use a plain array`,
+    );
+  }
   for (let index = 0; index < value.length; index++) {
     if (!(index in value)) {
       throw new TypeError(`array has a hole at index ${index}`);
@@ -194,7 +205,7 @@ const UNSUPPORTED_OBJECT_TYPES = [
 
 const typeEncoders = {
   Object: rejectNonPlainObject,
-  Array: rejectSparseArray,
+  Array: rejectNonPlainArray,
   Date: encodeDate,
   bigint: structBigIntEncoder,
   string: rejectLoneSurrogate,
@@ -217,13 +228,14 @@ tags[TAG_NEGATIVE_BIGNUM] = bigNegIntDecoder;
  * `undefined`, `bigint` (always as a bignum tag, so it comes back a `bigint`),
  * `Uint8Array` and `Date` (tag 1, millisecond precision). Everything else is
  * rejected rather than changed on the way: functions, symbols, `Map`, `Set`,
- * class instances, other typed arrays, cycles, symbol keys, sparse arrays,
- * strings with lone surrogates, and arrays and objects nested more than
- * 1,000 levels deep (so that whatever is stored decodes again, whatever the
- * call stack). Two things change type on the way, by design: an object with
- * a `null` prototype comes back as a plain object, and a `Uint8Array`
- * subclass (such as Node's `Buffer`) as a `Uint8Array`. Map keys are written
- * in RFC 8949 order, so equal values encode to equal bytes.
+ * class instances (subclasses of `Array` and `Date` too), other typed
+ * arrays, cycles, symbol keys, sparse arrays, strings with lone surrogates,
+ * and arrays and objects nested more than 1,000 levels deep (so that
+ * whatever is stored decodes again, whatever the call stack). Two things
+ * change type on the way, by design: an object with a `null` prototype comes
+ * back as a plain object, and a `Uint8Array` subclass (such as Node's
+ * `Buffer`) as a `Uint8Array`. Map keys are written in RFC 8949 order, so
+ * equal values encode to equal bytes.
  *
  * @example Round-trip a value
  * ```ts

@@ -90,7 +90,7 @@ export interface PostgresEventStoreOptions {
   max?: number;
   /** Seconds an idle connection stays open; kept forever by default. */
   idleTimeout?: number;
-  /** Seconds to wait for a connection before giving up. 30 by default. */
+  /** Seconds a new connection may take to be ready before its calls fail. 10 by default. */
   connectTimeout?: number;
   /** Milliseconds a statement may run before PostgreSQL cancels it; no limit by default. */
   statementTimeout?: number;
@@ -101,6 +101,16 @@ export interface PostgresEventStoreOptions {
    * default. Operations wait in line, first come first served.
    */
   acquireTimeout?: number;
+  /**
+   * Milliseconds the store waits for the answer to one of its statements
+   * before the call fails with {@linkcode StoreUnavailableError}; no limit by
+   * default. Unlike `statementTimeout` it needs no server: it ends the wait
+   * of a call whose connection went silent (seen under Deno after a server
+   * restart). The statement is not cancelled, so an append that timed out
+   * may still commit: retry it with the same event ids. Keep it above
+   * `statementTimeout`.
+   */
+  responseTimeout?: number;
   /** Shown in `pg_stat_activity`; `deno-eventstore` by default. */
   applicationName?: string;
   /** The schema that holds the tables; `public` by default. */
@@ -125,6 +135,18 @@ const POOL_OPTIONS = [
 
 /** Connections of a pool opened by URL, unless `max` says otherwise. */
 const DEFAULT_POOL_SIZE = 10;
+
+/**
+ * Seconds a new connection may take to be ready. Shorter than postgres.js's
+ * 30: under Deno, a connection opened while PostgreSQL restarts sometimes
+ * never gets the server's first reply (it sits unread in the socket), and
+ * only this timeout ends the wait of the calls queued on it (measured: 10 of
+ * 16 writers stuck for 30 s at the default, none past 6 s at 3).
+ */
+const DEFAULT_CONNECT_TIMEOUT_S = 10;
+
+/** How often an append is sent again after its connection was lost. */
+const LOST_CONNECTION_RESENDS = 2;
 
 /** Appends that lose a race for `"any"` retry at most this often. */
 const MAX_APPEND_ATTEMPTS = 100;
@@ -220,6 +242,7 @@ export class PostgresEventStore implements EventStore {
   /** One per connection of a pool this store opened; none for the application's. */
   readonly #slots: Slots | undefined;
   readonly #acquireTimeout: number | undefined;
+  readonly #responseTimeout: number | undefined;
   #closed = false;
 
   /**
@@ -264,6 +287,7 @@ export class PostgresEventStore implements EventStore {
       ? new Slots(options.max ?? DEFAULT_POOL_SIZE)
       : undefined;
     this.#acquireTimeout = options.acquireTimeout;
+    this.#responseTimeout = options.responseTimeout;
     this.#sql = asPostgres(sql);
     this.#schema = schema;
     this.#statements = statementsFor(quoteSchema(schema));
@@ -317,7 +341,7 @@ export class PostgresEventStore implements EventStore {
       sql = postgres(url, {
         max: options.max ?? DEFAULT_POOL_SIZE,
         idle_timeout: options.idleTimeout,
-        connect_timeout: options.connectTimeout ?? 30,
+        connect_timeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
         connection: {
           application_name: options.applicationName ?? "deno-eventstore",
           // The append statement is written for READ COMMITTED: a race shows
@@ -330,6 +354,12 @@ export class PostgresEventStore implements EventStore {
             : { statement_timeout: options.statementTimeout }),
         },
         types: { bigint: postgres.BigInt },
+        // postgres.js waits before reconnecting for up to 20 s, growing with
+        // a count of failures shared by the whole pool: after a restart of a
+        // second, calls waited 17-20 s with the server long back (measured).
+        // Capped at a second, the pool is back within a second of it.
+        backoff: (attempt: number) =>
+          Math.min(0.05 * 2 ** attempt, 1) * (0.5 + Math.random() / 2),
         onnotice: () => {},
       });
     } catch {
@@ -418,20 +448,28 @@ export class PostgresEventStore implements EventStore {
         const mustExist = expected === "stream_exists";
 
         const single = prepared.length === 1;
+        // Whether the statement looks for the batch's ids in the stream: for
+        // the caller's ids, and after this call lost its connection, when
+        // its first attempt may have committed (its ids, generated or not,
+        // tell).
+        let lookForIds = hasCallerIds;
+        let lostConnections = 0;
         for (let attempt = 1;; attempt++) {
           try {
             const [row] = single
-              ? await this.#sql.unsafe(this.#statements.appendOne, [
-                streamId,
-                ids[0],
-                types[0],
-                data[0],
-                metadata[0],
-                exactVersion,
-                mustExist,
-                hasCallerIds,
-              ], { prepare: true })
-              : await this.#sql.unsafe(this.#statements.append, [
+              ? await this.#answer(
+                this.#sql.unsafe(this.#statements.appendOne, [
+                  streamId,
+                  ids[0],
+                  types[0],
+                  data[0],
+                  metadata[0],
+                  exactVersion,
+                  mustExist,
+                  lookForIds,
+                ], { prepare: true }),
+              )
+              : await this.#answer(this.#sql.unsafe(this.#statements.append, [
                 streamId,
                 arrayLiteral(ids),
                 arrayLiteral(types),
@@ -439,8 +477,8 @@ export class PostgresEventStore implements EventStore {
                 arrayLiteral(metadata),
                 exactVersion,
                 mustExist,
-                hasCallerIds,
-              ], { prepare: true });
+                lookForIds,
+              ], { prepare: true }));
             if (row.storedids !== null) {
               const repeated = repeatedAppend(
                 streamId,
@@ -473,7 +511,28 @@ export class PostgresEventStore implements EventStore {
             this.#notifyAppended();
             return { version, globalPosition: BigInt(row.position) };
           } catch (error) {
-            const retry = retryAfter(error, expected, hasCallerIds);
+            // Sent again after a lost connection: looking for its ids, the
+            // next attempt returns the first one's result if that did
+            // commit, so nothing is stored twice. Twice, since the first
+            // resend may still get the dead connection's farewell (57P01),
+            // which postgres.js hands to the next query.
+            if (
+              (isLostConnection(error) || isConnectTimeout(error)) &&
+              lostConnections < LOST_CONNECTION_RESENDS
+            ) {
+              lostConnections++;
+              lookForIds = true;
+              this.#log(
+                "debug",
+                "Sending an append again after a lost connection",
+                {
+                  streamId,
+                  error: error instanceof Error ? error.message : String(error),
+                },
+              );
+              continue;
+            }
+            const retry = retryAfter(error, expected, lookForIds);
             if (retry === "never") throw error;
             if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
               this.#log("debug", "Retrying an append that lost a race", {
@@ -703,9 +762,11 @@ export class PostgresEventStore implements EventStore {
   resetProjection(name: string): Promise<void> {
     return this.#run("reset a projection", {}, async () => {
       const checked = checkName(name, "name");
-      await this.#sql.unsafe(this.#statements.resetProjection, [checked], {
-        prepare: true,
-      });
+      await this.#answer(
+        this.#sql.unsafe(this.#statements.resetProjection, [checked], {
+          prepare: true,
+        }),
+      );
     });
   }
 
@@ -733,11 +794,13 @@ export class PostgresEventStore implements EventStore {
         checkVersion(version, "version", 1);
         span.setAttribute("eventstore.version", version);
         const encoded = encodeValue(this.#codec, state, "state");
-        const [row] = await this.#sql.unsafe(this.#statements.saveSnapshot, [
-          streamId,
-          version,
-          encoded,
-        ], { prepare: true });
+        const [row] = await this.#answer(
+          this.#sql.unsafe(this.#statements.saveSnapshot, [
+            streamId,
+            version,
+            encoded,
+          ], { prepare: true }),
+        );
         const streamVersion = Number(row.version);
         checkSnapshotVersion(streamId, version, streamVersion);
       },
@@ -869,14 +932,40 @@ export class PostgresEventStore implements EventStore {
    */
   async #read<T>(query: () => Promise<T>): Promise<T> {
     try {
-      return await query();
+      return await this.#answer(query());
     } catch (error) {
       if (!isLostConnection(error)) throw error;
       this.#log("debug", "Repeating a read after a lost connection", {
         error: error instanceof Error ? error.message : String(error),
       });
-      return await query();
+      return await this.#answer(query());
     }
+  }
+
+  /**
+   * A statement's answer, or after `responseTimeout` a `RESPONSE_TIMEOUT`
+   * error (typed as {@linkcode StoreUnavailableError}). The statement is
+   * not cancelled: the server may still run it, so an append that timed out
+   * may have committed (retry it with its ids). What it is for: a call on a
+   * connection whose answer never arrives, as under Deno after a restart.
+   */
+  #answer<T>(query: Promise<T>): Promise<T> {
+    const ms = this.#responseTimeout;
+    if (ms === undefined) return query;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        // Its late outcome goes nowhere, but must not go unhandled.
+        query.catch(() => {});
+        reject(Object.assign(
+          new Error(
+            `no answer within ${ms} ms (options.responseTimeout); the statement may still complete`,
+          ),
+          { code: "RESPONSE_TIMEOUT" },
+        ));
+      }, ms);
+    });
+    return Promise.race([query, timedOut]).finally(() => clearTimeout(timer));
   }
 
   #conflict(
@@ -1087,6 +1176,7 @@ function checkOptions(options: PostgresEventStoreOptions): void {
       "connectTimeout",
       "statementTimeout",
       "acquireTimeout",
+      "responseTimeout",
     ] as const
   ) {
     const value = options[name];
@@ -1126,4 +1216,12 @@ function checkOptions(options: PostgresEventStoreOptions): void {
       throw new InvalidArgumentError(`options.${name}`, "must be a function");
     }
   }
+}
+
+/**
+ * Whether a connection timed out before it was ready: nothing was sent on
+ * it, so an append may be sent again.
+ */
+function isConnectTimeout(error: unknown): boolean {
+  return (error as { code?: unknown })?.code === "CONNECT_TIMEOUT";
 }

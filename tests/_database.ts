@@ -18,6 +18,10 @@
  * cluster is stopped and deleted by a watchdog once the `deno` process is
  * gone, whether the tests passed, failed or were killed.
  *
+ * Fault tests, which stop and restart the server, get a cluster of their own
+ * from {@linkcode startControlledCluster} instead: never shared, always local
+ * (server binaries needed), and removed by the same kind of watchdog.
+ *
  * @module
  */
 
@@ -265,6 +269,173 @@ export async function createDatabase(
       );
       dropped = true;
     },
+  };
+}
+
+/**
+ * How `pg_ctl stop` (and so a restart) ends the server: `"smart"` waits for
+ * every client to disconnect; `"fast"` rolls back every transaction and
+ * ends every session (57P01), then shuts down cleanly; `"immediate"` kills
+ * the server, which recovers from its WAL at the next start, as after a
+ * crash.
+ */
+export type ShutdownMode = "smart" | "fast" | "immediate";
+
+/**
+ * A PostgreSQL cluster of one caller's own, which it may stop, start and
+ * restart: for fault tests, which must not disturb the server every other
+ * test file shares.
+ */
+export interface ControlledCluster {
+  /**
+   * A `postgres://` URL of the cluster's `postgres` database, as its
+   * superuser `postgres` (no password), on 127.0.0.1. It stays the same
+   * across restarts.
+   */
+  readonly url: string;
+  /** The loopback port the server listens on, the same across restarts. */
+  readonly port: number;
+  /**
+   * Stops the server (`pg_ctl stop -m <mode>`, waiting until it is gone)
+   * and starts it again on the same port, waiting until it accepts
+   * connections: what `pg_ctl restart -m <mode>` does.
+   *
+   * Without `durable`, commits are acknowledged before they reach the WAL
+   * on disk (`synchronous_commit=off`): `"immediate"` may then lose the
+   * last ones, which `"fast"` never does.
+   *
+   * @param mode How to stop it; `"fast"` by default.
+   * @throws {Error} When it does not stop or start, with the server's log.
+   */
+  restart(mode?: ShutdownMode): Promise<void>;
+  /**
+   * Stops the server (`pg_ctl stop -m <mode>`) and waits until it is gone.
+   *
+   * @param mode How to stop it; `"fast"` by default.
+   * @throws {Error} When it does not stop, with pg_ctl's output.
+   */
+  stop(mode?: ShutdownMode): Promise<void>;
+  /**
+   * Starts a stopped server on its port and waits until it accepts
+   * connections.
+   *
+   * @throws {Error} When it does not start, with the server's log.
+   */
+  start(): Promise<void>;
+  /**
+   * Stops the server at once (`-m immediate`) and deletes the cluster.
+   * Calling it again does nothing. The watchdog does the same when `deno`
+   * exits, in case this is never called.
+   */
+  remove(): Promise<void>;
+  /** {@linkcode ControlledCluster.remove}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Starts a PostgreSQL cluster of the caller's own, never shared or cached:
+ * a new cluster in a temporary directory, on a random loopback port, with
+ * the settings of {@linkcode serverSettings}, from the server binaries that
+ * `pg_config --bindir` names (else the newest `/usr/lib/postgresql/<version>/bin`,
+ * else PATH). It runs as the `postgres` user when the tests run as root.
+ * `DATABASE_URL` and container runtimes are not used: a test that stops
+ * the server needs one it owns.
+ *
+ * @example Restart the server under a test
+ * ```ts ignore
+ * import { startControlledCluster } from "./_database.ts";
+ *
+ * const cluster = await startControlledCluster();
+ * Deno.test("survives a restart", async () => {
+ *   // connect to cluster.url, then:
+ *   await cluster.restart("fast");
+ * });
+ * Deno.test("remove the cluster", () => cluster.remove());
+ * ```
+ *
+ * @param options Durability of the cluster.
+ * @param environment The machine, or a fake one.
+ * @returns The cluster, started and accepting connections.
+ * @throws {Error} When there are no server binaries, or no `postgres` user
+ * to run them as root, saying how to get them; when the cluster does not
+ * start, with its log.
+ */
+export async function startControlledCluster(
+  options: TestServerOptions = {},
+  environment: HarnessEnvironment = machineEnvironment(),
+): Promise<ControlledCluster> {
+  const cannotStart = (reason: string) =>
+    new HarnessError(
+      `Cannot start a PostgreSQL cluster that the tests control: ${reason}.\n` +
+        "These tests stop and restart the server, so they need a cluster " +
+        "of their own, from the PostgreSQL server binaries: DATABASE_URL or " +
+        "a container runtime will not do.\n" +
+        "Install them: apt-get install postgresql (Debian, Ubuntu), dnf " +
+        "install postgresql-server (Fedora), brew install postgresql@17 " +
+        "(macOS); or put the directory holding initdb and pg_ctl on PATH.",
+    );
+  const cluster = await createLocalCluster(options, environment, {
+    noBinaries: (where) =>
+      cannotStart(
+        `no PostgreSQL server binaries (initdb, pg_ctl) were found through ${where}`,
+      ),
+    cannotStart,
+  });
+  const { binDir, directory, user, port, serverOptions } = cluster;
+  const dataDir = `${directory}/data`;
+  let removed = false;
+  const checkNotRemoved = (action: string) => {
+    if (removed) {
+      throw new HarnessError(`Cannot ${action}: the cluster was removed`);
+    }
+  };
+  const stop = async (mode: ShutdownMode = "fast") => {
+    checkNotRemoved("stop the cluster");
+    const result = await run(`${binDir}/pg_ctl`, [
+      "stop",
+      "-m",
+      mode,
+      "-D",
+      dataDir,
+    ], { cwd: directory, user });
+    if (!result.success) {
+      throw new HarnessError(
+        `Cannot stop the PostgreSQL cluster (-m ${mode}):\n${
+          tail(result.output)
+        }`,
+      );
+    }
+  };
+  const start = async () => {
+    checkNotRemoved("start the cluster");
+    const failure = await launchCluster(binDir, directory, serverOptions, user);
+    if (failure !== undefined) {
+      throw new HarnessError(
+        `Cannot start the PostgreSQL cluster on port ${port}:\n${
+          tail(failure)
+        }`,
+      );
+    }
+  };
+  const remove = async () => {
+    if (removed) return;
+    removed = true;
+    await removeCluster(binDir, directory, user);
+  };
+  return {
+    url: clusterUrl(port),
+    port,
+    async restart(mode: ShutdownMode = "fast") {
+      // pg_ctl restart, in its two steps: so that the start is judged by
+      // what the new server logs, not by the FATAL lines of the sessions
+      // the stop ended.
+      await stop(mode);
+      await start();
+    },
+    stop,
+    start,
+    remove,
+    [Symbol.asyncDispose]: remove,
   };
 }
 
@@ -539,17 +710,61 @@ async function startLocalCluster(
   options: TestServerOptions,
   environment: HarnessEnvironment,
 ): Promise<string> {
+  const cluster = await createLocalCluster(options, environment, {
+    noBinaries: (where) =>
+      noServerError(
+        "no container runtime answers, and no PostgreSQL server binaries " +
+          `(initdb, pg_ctl) were found through ${where}`,
+      ),
+    cannotStart: (reason) => noServerError(reason),
+  });
+  return clusterUrl(cluster.port);
+}
+
+/** A cluster the harness made: where it lives, who runs it, its port. */
+interface LocalCluster {
+  binDir: string;
+  /** Holds `data/` (the cluster), `postgres.log` and the server's socket. */
+  directory: string;
+  user: ServerUser | undefined;
+  port: number;
+  /** The `postgres` options it was started with: `-h`, `-p`, `-k`, `-c`. */
+  serverOptions: string;
+}
+
+/** The errors a caller of `createLocalCluster` wants, saying what to do. */
+interface ClusterFailures {
+  /** When there are no server binaries, given where they were looked for. */
+  noBinaries(where: string): Error;
+  /** When the server cannot run, given why. */
+  cannotStart(reason: string): Error;
+}
+
+/**
+ * Makes a cluster in a new temporary directory, with its watchdog, and
+ * starts it on a free loopback port.
+ */
+async function createLocalCluster(
+  options: TestServerOptions,
+  environment: HarnessEnvironment,
+  failures: ClusterFailures,
+): Promise<LocalCluster> {
   const binDir = await findServerBinaries(environment);
   if (binDir === undefined) {
-    throw noServerError(
-      "no container runtime answers, and no PostgreSQL server binaries " +
-        "(initdb, pg_ctl) were found through pg_config --bindir, " +
-        `${environment.serverRoot}/*/bin or PATH`,
+    throw failures.noBinaries(
+      `pg_config --bindir, ${environment.serverRoot}/*/bin or PATH`,
     );
   }
-  const user = environment.uid === 0
-    ? await postgresUser(environment)
-    : undefined;
+  let user: ServerUser | undefined;
+  if (environment.uid === 0) {
+    user = await postgresUser(environment);
+    if (user === undefined) {
+      throw failures.cannotStart(
+        "the tests run as root, PostgreSQL refuses to, and there is no " +
+          "postgres user to run it as (the postgresql package creates one)",
+      );
+    }
+  }
   // A root-owned TMPDIR may not be traversable by the postgres user; /tmp is.
   const directory = await Deno.makeTempDir({
     dir: user ? "/tmp" : undefined,
@@ -565,12 +780,16 @@ async function startLocalCluster(
     // leaves nothing behind.
     startWatchdog(REMOVE_CLUSTER, [directory]);
     await initCluster(binDir, dataDir, directory, user);
-    const port = await startCluster(binDir, directory, options, user);
-    return `postgres://postgres@127.0.0.1:${port}/postgres`;
+    const started = await startCluster(binDir, directory, options, user);
+    return { binDir, directory, user, ...started };
   } catch (error) {
     await removeCluster(binDir, directory, user);
     throw error;
   }
+}
+
+function clusterUrl(port: number): string {
+  return `postgres://postgres@127.0.0.1:${port}/postgres`;
 }
 
 /**
@@ -626,7 +845,7 @@ async function isFile(path: string): Promise<boolean> {
 
 async function postgresUser(
   environment: HarnessEnvironment,
-): Promise<ServerUser> {
+): Promise<ServerUser | undefined> {
   let passwd = "";
   try {
     passwd = await Deno.readTextFile(environment.passwd);
@@ -639,10 +858,7 @@ async function postgresUser(
       return { uid: Number(uid), gid: Number(gid) };
     }
   }
-  throw noServerError(
-    "the tests run as root, PostgreSQL refuses to, and there is no postgres " +
-      "user to run it as (the postgresql package creates one)",
-  );
+  return undefined;
 }
 
 /**
@@ -730,14 +946,13 @@ async function initCluster(
   }
 }
 
-/** Starts the cluster on a free loopback port; returns the port. */
+/** Starts the cluster on a free loopback port; returns the port and options. */
 async function startCluster(
   binDir: string,
   directory: string,
   options: TestServerOptions,
   user: ServerUser | undefined,
-): Promise<number> {
-  const logFile = `${directory}/postgres.log`;
+): Promise<{ port: number; serverOptions: string }> {
   const settings = serverSettings(options).map((setting) => `-c ${setting}`);
   for (let attempt = 1;; attempt++) {
     const port = freePort();
@@ -747,31 +962,47 @@ async function startCluster(
       `-k ${shellQuote(directory)}`,
       ...settings,
     ].join(" ");
-    const logSize = await fileSize(logFile);
-    // -l: the server's output goes to the log, not to our stdout; and pg_ctl
-    // output is piped, so no pipe of the test run stays open in the server.
-    // -W: pg_ctl's own wait polls every 100 ms; waitUntilReady polls every
-    // 10 ms, which makes the start about 50 ms (a fifth) shorter.
-    const result = await run(`${binDir}/pg_ctl`, [
-      "start",
-      "-W",
-      "-D",
-      `${directory}/data`,
-      "-l",
-      logFile,
-      "-o",
-      serverOptions,
-    ], { cwd: directory, user });
-    const failure = result.success
-      ? await waitUntilReady(directory, logFile, logSize)
-      : result.output;
-    if (failure === undefined) return port;
+    const failure = await launchCluster(binDir, directory, serverOptions, user);
+    if (failure === undefined) return { port, serverOptions };
     // Another program took the port between our probe and the server's bind.
     if (/already in use/i.test(failure) && attempt < 5) continue;
     throw noServerError(
       `the PostgreSQL server did not start:\n${tail(failure)}`,
     );
   }
+}
+
+/**
+ * Runs `pg_ctl start` and waits until the server accepts connections.
+ *
+ * @returns `undefined` once ready, or why it did not start.
+ */
+async function launchCluster(
+  binDir: string,
+  directory: string,
+  serverOptions: string,
+  user: ServerUser | undefined,
+): Promise<string | undefined> {
+  const logFile = `${directory}/postgres.log`;
+  // Only what this start logs tells whether it failed.
+  const logSize = await fileSize(logFile);
+  // -l: the server's output goes to the log, not to our stdout; and pg_ctl
+  // output is piped, so no pipe of the test run stays open in the server.
+  // -W: pg_ctl's own wait polls every 100 ms; waitUntilReady polls every
+  // 10 ms, which makes the start about 50 ms (a fifth) shorter.
+  const result = await run(`${binDir}/pg_ctl`, [
+    "start",
+    "-W",
+    "-D",
+    `${directory}/data`,
+    "-l",
+    logFile,
+    "-o",
+    serverOptions,
+  ], { cwd: directory, user });
+  return result.success
+    ? await waitUntilReady(directory, logFile, logSize)
+    : result.output;
 }
 
 /**

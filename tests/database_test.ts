@@ -13,6 +13,7 @@ import {
   type HarnessEnvironment,
   resolveTestServer,
   serverSettings,
+  startControlledCluster,
   testServerUrl,
 } from "./_database.ts";
 
@@ -230,6 +231,55 @@ Deno.test("no PostgreSQL anywhere: the error says how to get one, and nothing is
   assert.equal(environment.exclusiveCalls, 1);
   if (server.source !== "DATABASE_URL") {
     assert.equal(Deno.env.get("DENO_EVENTSTORE_TEST_SERVER_URL"), server.url);
+  }
+});
+
+Deno.test("startControlledCluster: without server binaries the error says how to get them, whatever else there is", async () => {
+  // DATABASE_URL and a cached server do not count: the cluster must be its own.
+  const environment = fakeEnvironment({
+    DATABASE_URL: "postgres://app@127.0.0.1:5999/app",
+    DENO_EVENTSTORE_TEST_SERVER_URL:
+      "postgres://postgres@127.0.0.1:5999/postgres",
+    DENO_EVENTSTORE_TEST_SERVER_SOURCE: "local cluster",
+  });
+  await assert.rejects(startControlledCluster({}, environment), (error) => {
+    assert.ok(error instanceof Error);
+    assert.match(
+      error.message,
+      /^Cannot start a PostgreSQL cluster that the tests control: no PostgreSQL server binaries \(initdb, pg_ctl\) were found through pg_config --bindir, \/nonexistent\/postgresql\/\*\/bin or PATH/,
+    );
+    assert.match(
+      error.message,
+      /DATABASE_URL or a container runtime will not do/,
+    );
+    assert.match(error.message, /apt-get install postgresql/);
+    return true;
+  });
+  assert.deepEqual(environment.writes, []);
+  assert.equal(environment.exclusiveCalls, 0);
+});
+
+Deno.test("startControlledCluster: as root without a postgres user, the error says so", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await fakeServerBinaries(root, "16");
+    await Deno.writeTextFile(`${root}/passwd`, "root:x:0:0::/root:/bin/sh\n");
+    const environment = fakeEnvironment({}, {
+      uid: 0,
+      serverRoot: root,
+      passwd: `${root}/passwd`,
+    });
+    await assert.rejects(startControlledCluster({}, environment), (error) => {
+      assert.ok(error instanceof Error);
+      assert.match(
+        error.message,
+        /^Cannot start a PostgreSQL cluster that the tests control: the tests run as root.*no postgres user/,
+      );
+      assert.match(error.message, /apt-get install postgresql/);
+      return true;
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
   }
 });
 
