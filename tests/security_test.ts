@@ -769,11 +769,18 @@ async function registerTests(database: TestDatabase): Promise<void> {
       max: 1,
     });
     await whileLocked(async () => {
+      let settled = false;
       const append = killed.appendEvents(streamId(), [event]);
+      append.then(() => settled = true, () => settled = true);
       await waitingOnLock(killedName);
-      await admin`
-        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-        WHERE application_name = ${killedName}`;
+      // The store sends an append again after a lost connection (at most
+      // twice): kill every attempt, so that the call fails.
+      for (let poll = 0; !settled && poll < 1000; poll++) {
+        await admin`
+          SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = ${killedName}`;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
       await fails("killed backend", () => append, StoreUnavailableError);
     });
 
