@@ -1335,7 +1335,11 @@ function figuresOf(run: Run, catchUpMs: number, startRss: number): Figures {
     appendLatencyMs: {
       p50: percentile(latencies, 0.5),
       p99: percentile(latencies, 0.99),
-      max: latencies.length === 0 ? undefined : Math.max(...latencies),
+      // A loop, not Math.max(...latencies): a spread of a long run's
+      // hundreds of thousands of latencies overflows the call stack.
+      max: latencies.length === 0
+        ? undefined
+        : latencies.reduce((max, ms) => ms > max ? ms : max, -Infinity),
     },
     catchUpMs,
     errorsByCode: run.errorsByCode,
