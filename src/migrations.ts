@@ -16,7 +16,7 @@ import {
   type PostgresSql,
   quoteSchema,
   translateError,
-} from "./_postgres.ts";
+} from "./postgres/driver.ts";
 
 /**
  * A postgres.js `sql` instance (`postgres(url, options)` from `npm:postgres`),

@@ -26,7 +26,7 @@
  */
 
 import postgres from "postgres";
-import { redactUrl } from "../src/_postgres.ts";
+import { redactUrl } from "../src/postgres/driver.ts";
 
 /** An error of the harness itself, passed on as it is. */
 class HarnessError extends Error {}

@@ -16,7 +16,7 @@ import {
   passwordOf,
   redactUrl,
   translateError,
-} from "../src/_postgres.ts";
+} from "../src/postgres/driver.ts";
 
 Deno.test("postgres errors: passwords are redacted from connection strings, whatever they contain", () => {
   const cases: [string, string, string][] = [

@@ -19,7 +19,7 @@ import {
   StoreClosedError,
   StoreUnavailableError,
 } from "../mod.ts";
-import { statementsFor } from "../src/_sql.ts";
+import { statementsFor } from "../src/postgres/statements.ts";
 import { BUNDLED_MIGRATIONS } from "../src/migrations.ts";
 import { newCategory, newStreamId, testEventStore } from "./conformance.ts";
 import {

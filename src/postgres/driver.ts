@@ -1,20 +1,20 @@
 /**
  * What the PostgreSQL store and the migration runner share: checking and
  * quoting the schema name, keeping passwords out of text, and turning driver
- * errors into this module's typed errors.
+ * errors into this module's typed errors. Private to the package.
  *
  * @module
  */
 
 import type postgres from "postgres";
-import type { Sql } from "./migrations.ts";
+import type { Sql } from "../migrations.ts";
 import {
   DatabaseError,
   EventStoreError,
   InvalidArgumentError,
   MigrationError,
   StoreUnavailableError,
-} from "./errors.ts";
+} from "../errors.ts";
 
 /** A postgres.js instance with its full type, for use inside this module. */
 // deno-lint-ignore no-explicit-any

@@ -6,6 +6,7 @@
  * checked and quoted by `quoteSchema`, is part of the text. Result columns
  * are aliased to single lower-case words so that an application's
  * postgres.js column transform (e.g. camel case) cannot rename them.
+ * Private to the package.
  *
  * @module
  */

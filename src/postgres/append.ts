@@ -1,0 +1,243 @@
+/**
+ * The PostgreSQL store's append: one statement per attempt, sent again after
+ * a lost connection (looking for its ids) and retried after a lost race.
+ * Private to the package.
+ *
+ * @module
+ */
+
+import type { Span } from "@opentelemetry/api";
+import type { AppendResult, ExpectedVersion } from "../event_store.ts";
+import { ConcurrencyConflictError } from "../errors.ts";
+import type { PreparedEvent } from "../_input.ts";
+import { repeatedAppend } from "../expected_version.ts";
+import { constraintOf, isLostConnection, isServerError } from "./driver.ts";
+import { arrayLiteral, byteaArrayLiteral } from "./statements.ts";
+import {
+  answer,
+  type Log,
+  type QueryContext,
+  readStreamVersion,
+} from "./read.ts";
+
+/** How often an append is sent again after its connection was lost. */
+const LOST_CONNECTION_RESENDS = 2;
+
+/** Appends that lose a race for `"any"` retry at most this often. */
+const MAX_APPEND_ATTEMPTS = 100;
+
+/** What an append needs of the store: its statements, and who to tell. */
+export interface AppendContext extends QueryContext {
+  /** Tells subscribers that an append committed. */
+  notifyAppended(): void;
+}
+
+/**
+ * Appends checked and encoded events to a stream, as
+ * {@linkcode EventStore.appendEvents} says, setting the span's version.
+ *
+ * @throws {ConcurrencyConflictError} `expected` does not hold.
+ * @throws The driver's error otherwise, for the caller to type.
+ */
+export async function append(
+  context: AppendContext,
+  span: Span,
+  streamId: string,
+  expected: ExpectedVersion,
+  prepared: readonly PreparedEvent[],
+  hasCallerIds: boolean,
+): Promise<AppendResult> {
+  const ids = new Array<string>(prepared.length);
+  const types = new Array<string>(prepared.length);
+  const data = new Array<Uint8Array>(prepared.length);
+  const metadata = new Array<string>(prepared.length);
+  prepared.forEach((event, index) => {
+    ids[index] = event.id;
+    types[index] = event.type;
+    data[index] = event.data;
+    metadata[index] = event.metadataJson;
+  });
+  const exactVersion = typeof expected === "number"
+    ? expected
+    : expected === "no_stream"
+    ? 0
+    : null;
+  const mustExist = expected === "stream_exists";
+
+  const { sql, statements } = context;
+  const single = prepared.length === 1;
+  // Whether the statement looks for the batch's ids in the stream: for
+  // the caller's ids, and after this call lost its connection, when
+  // its first attempt may have committed (its ids, generated or not,
+  // tell).
+  let lookForIds = hasCallerIds;
+  let lostConnections = 0;
+  for (let attempt = 1;; attempt++) {
+    try {
+      const [row] = single
+        ? await answer(
+          context,
+          sql.unsafe(statements.appendOne, [
+            streamId,
+            ids[0],
+            types[0],
+            data[0],
+            metadata[0],
+            exactVersion,
+            mustExist,
+            lookForIds,
+          ], { prepare: true }),
+        )
+        : await answer(
+          context,
+          sql.unsafe(statements.append, [
+            streamId,
+            arrayLiteral(ids),
+            arrayLiteral(types),
+            byteaArrayLiteral(data),
+            arrayLiteral(metadata),
+            exactVersion,
+            mustExist,
+            lookForIds,
+          ], { prepare: true }),
+        );
+      if (row.storedids !== null) {
+        const repeated = repeatedAppend(
+          streamId,
+          expected,
+          ids,
+          (row.storedids as string[]).map((id, index) => ({
+            id,
+            version: Number(row.storedversions[index]),
+          })),
+        );
+        if (repeated !== undefined) {
+          context.log("debug", "Append repeated: returning its result", {
+            streamId,
+            version: repeated,
+          });
+          span.setAttribute("eventstore.version", repeated);
+          span.setAttribute("eventstore.repeated", true);
+          return {
+            version: repeated,
+            globalPosition: BigInt(row.storedposition),
+          };
+        }
+      }
+      const previous = Number(row.previous);
+      if (row.position === null) {
+        throw conflict(context.log, streamId, expected, previous);
+      }
+      const version = previous + prepared.length;
+      span.setAttribute("eventstore.version", version);
+      context.notifyAppended();
+      return { version, globalPosition: BigInt(row.position) };
+    } catch (error) {
+      // Sent again after a lost connection: looking for its ids, the
+      // next attempt returns the first one's result if that did
+      // commit, so nothing is stored twice. Twice, since the first
+      // resend may still get the dead connection's farewell (57P01),
+      // which postgres.js hands to the next query.
+      if (
+        (isLostConnection(error) || isConnectTimeout(error)) &&
+        lostConnections < LOST_CONNECTION_RESENDS
+      ) {
+        lostConnections++;
+        lookForIds = true;
+        context.log(
+          "debug",
+          "Sending an append again after a lost connection",
+          {
+            streamId,
+            error: error instanceof Error ? error.message : String(error),
+          },
+        );
+        continue;
+      }
+      const retry = retryAfter(error, expected, lookForIds);
+      if (retry === "never") throw error;
+      if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
+        context.log("debug", "Retrying an append that lost a race", {
+          streamId,
+          attempt,
+          reason: isServerError(error) ? error.code : "unknown",
+        });
+        await backOff(attempt);
+        continue;
+      }
+      throw conflict(
+        context.log,
+        streamId,
+        expected,
+        await readStreamVersion(context, streamId),
+        error,
+      );
+    }
+  }
+}
+
+/** The conflict error of an append refused, logged. */
+function conflict(
+  log: Log,
+  streamId: string,
+  expectedVersion: ExpectedVersion,
+  actualVersion: number,
+  cause?: unknown,
+): ConcurrencyConflictError {
+  log("debug", "Append refused: concurrency conflict", {
+    streamId,
+    expectedVersion,
+    actualVersion,
+  });
+  return new ConcurrencyConflictError(
+    streamId,
+    { expectedVersion, actualVersion },
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/**
+ * What to do after an append failed:
+ * - `"retry"`: the statement may simply be run again. A serialization
+ *   failure or deadlock (under an isolation level above READ COMMITTED)
+ *   says nothing about versions; a key violation after a race leaves an
+ *   `"any"` or `"stream_exists"` expectation true, and may have been this
+ *   same append's first attempt (when it carries the caller's ids).
+ * - `"conflict"`: another append took the version expected.
+ * - `"never"`: not a race at all.
+ */
+function retryAfter(
+  error: unknown,
+  expected: ExpectedVersion,
+  hasCallerIds: boolean,
+): "retry" | "conflict" | "never" {
+  if (!isServerError(error)) return "never";
+  if (error.code === "40001" || error.code === "40P01") return "retry";
+  if (error.code !== "23505" || constraintOf(error) !== "events_pkey") {
+    return "never";
+  }
+  // With the caller's ids, the winner may be this very append, sent before
+  // and committed meanwhile: the statement run again tells.
+  return expected === "any" || expected === "stream_exists" || hasCallerIds
+    ? "retry"
+    : "conflict";
+}
+
+/**
+ * Waits before a retry: not at all for the first ones (a lost race is
+ * usually over by then), then a random few milliseconds, growing, so that
+ * many writers on one stream stop colliding in lockstep.
+ */
+async function backOff(attempt: number): Promise<void> {
+  if (attempt < 3) return;
+  const ms = Math.random() * Math.min(50, 2 ** (attempt - 2));
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Whether a connection timed out before it was ready: nothing was sent on
+ * it, so an append may be sent again.
+ */
+function isConnectTimeout(error: unknown): boolean {
+  return (error as { code?: unknown })?.code === "CONNECT_TIMEOUT";
+}

@@ -1,0 +1,294 @@
+/**
+ * The PostgreSQL store's options and its pool: checking the options, opening
+ * a postgres.js pool by URL, describing the server without the password, and
+ * ending the pools this package opened. Private to the package.
+ *
+ * @module
+ */
+
+import postgres from "postgres";
+import type { Codec } from "../codec.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import type { Sql } from "../migrations.ts";
+import { checkVersion } from "../_input.ts";
+import {
+  asPostgres,
+  isSql,
+  type PostgresSql,
+  quoteSchema,
+  redactUrl,
+} from "./driver.ts";
+
+/** Options of {@linkcode PostgresEventStore}, named as postgres.js users expect. */
+export interface PostgresEventStoreOptions {
+  /** Pool size: at most this many connections. 10 by default. */
+  max?: number;
+  /** Seconds an idle connection stays open; kept forever by default. */
+  idleTimeout?: number;
+  /** Seconds a new connection may take to be ready before its calls fail. 10 by default. */
+  connectTimeout?: number;
+  /** Milliseconds a statement may run before PostgreSQL cancels it; no limit by default. */
+  statementTimeout?: number;
+  /**
+   * Milliseconds an operation may wait for a free connection of the pool
+   * (every one busy with other operations) before it fails with
+   * {@linkcode StoreUnavailableError}, having written nothing; no limit by
+   * default. Operations wait in line, first come first served.
+   */
+  acquireTimeout?: number;
+  /**
+   * Milliseconds the store waits for the answer to one of its statements
+   * before the call fails with {@linkcode StoreUnavailableError}; no limit by
+   * default. Unlike `statementTimeout` it needs no server: it ends the wait
+   * of a call whose connection went silent (seen under Deno after a server
+   * restart). The statement is not cancelled, so an append that timed out
+   * may still commit: retry it with the same event ids. Keep it above
+   * `statementTimeout`.
+   */
+  responseTimeout?: number;
+  /** Shown in `pg_stat_activity`; `deno-eventstore` by default. */
+  applicationName?: string;
+  /** The schema that holds the tables; `public` by default. */
+  schema?: string;
+  /** Encodes `data` and snapshot `state`; {@linkcode cborCodec} by default. */
+  codec?: Codec;
+  /** Receives structured log records; silent by default. */
+  logger?: Logger;
+  /** Generates ids for events given without one; `crypto.randomUUID` by default. */
+  generateId?: () => string;
+}
+
+/** Options that configure the pool, so they only apply when connecting by URL. */
+const POOL_OPTIONS = [
+  "max",
+  "idleTimeout",
+  "connectTimeout",
+  "statementTimeout",
+  "acquireTimeout",
+  "applicationName",
+] as const;
+
+/** Connections of a pool opened by URL, unless `max` says otherwise. */
+export const DEFAULT_POOL_SIZE = 10;
+
+/**
+ * Seconds a new connection may take to be ready. Shorter than postgres.js's
+ * 30: under Deno, a connection opened while PostgreSQL restarts sometimes
+ * never gets the server's first reply (it sits unread in the socket), and
+ * only this timeout ends the wait of the calls queued on it (measured: 10 of
+ * 16 writers stuck for 30 s at the default, none past 6 s at 3).
+ */
+const DEFAULT_CONNECT_TIMEOUT_S = 10;
+
+/** How long `close()` lets the store's own calls finish before ending the pool. */
+const CLOSE_GRACE_MS = 5_000;
+
+/** How long `close()` waits for idle sockets to close before destroying them. */
+const SOCKET_CLOSE_TIMEOUT_S = 0.5;
+
+/** The pools this module opened, and so must end on close. */
+export const ownedPools = new WeakSet<object>();
+
+/**
+ * Opens a postgres.js pool for `url` with the store's options, and records
+ * it among {@linkcode ownedPools}. Does no I/O.
+ *
+ * @throws {InvalidArgumentError} postgres.js cannot parse the URL; its
+ *   message, which may hold the password, is withheld.
+ */
+export function openPool(
+  url: string,
+  options: PostgresEventStoreOptions,
+): PostgresSql {
+  let sql: PostgresSql;
+  try {
+    sql = postgres(url, {
+      max: options.max ?? DEFAULT_POOL_SIZE,
+      idle_timeout: options.idleTimeout,
+      connect_timeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
+      connection: {
+        application_name: options.applicationName ?? "deno-eventstore",
+        // The append statement is written for READ COMMITTED: a race shows
+        // as a key violation. A database default of SERIALIZABLE would turn
+        // races into serialization failures instead (handled too, by retry,
+        // but at the cost of aborted work).
+        default_transaction_isolation: "read committed",
+        ...(options.statementTimeout === undefined
+          ? {}
+          : { statement_timeout: options.statementTimeout }),
+      },
+      types: { bigint: postgres.BigInt },
+      // postgres.js waits before reconnecting for up to 20 s, growing with
+      // a count of failures shared by the whole pool: after a restart of a
+      // second, calls waited 17-20 s with the server long back (measured).
+      // Capped at a second, the pool is back within a second of it.
+      backoff: (attempt: number) =>
+        Math.min(0.05 * 2 ** attempt, 1) * (0.5 + Math.random() / 2),
+      onnotice: () => {},
+    });
+  } catch {
+    // postgres.js parses the URL eagerly, and its message echoes the URL,
+    // password and all when the password has a character URLs reserve:
+    // so nothing of it is repeated here.
+    throw new InvalidArgumentError(
+      "url",
+      "is not a usable connection string (postgres://user:password@host:5432/database, with reserved characters in the password percent-encoded)",
+      {
+        cause: new Error(
+          "the parser's message is withheld: it may hold the password",
+        ),
+      },
+    );
+  }
+  ownedPools.add(sql);
+  return sql;
+}
+
+/**
+ * Ends a pool this package opened: lets the store's calls in flight finish
+ * first, then closes the sockets.
+ *
+ * @throws The error of postgres.js's `end()`, for the caller to log.
+ */
+export async function endPool(
+  sql: PostgresSql,
+  inFlight: Iterable<Promise<unknown>>,
+): Promise<void> {
+  // Let this store's own calls finish first; then postgres.js only has
+  // to close idle sockets, which takes milliseconds. Its end() can wait
+  // for a socket the server already reset (Deno's socket shim never
+  // reports it closed) until the timeout, so that is kept short.
+  await settle(inFlight, CLOSE_GRACE_MS);
+  await sql.end({ timeout: SOCKET_CLOSE_TIMEOUT_S });
+}
+
+/** Waits until every promise settles, or `ms` passed. */
+async function settle(
+  promises: Iterable<Promise<unknown>>,
+  ms: number,
+): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    Promise.allSettled(promises),
+    new Promise((resolve) => timer = setTimeout(resolve, ms)),
+  ]);
+  clearTimeout(timer);
+}
+
+/**
+ * `postgres://user@host:port/database` from a postgres.js instance's
+ * options: what messages and logs show, never the password.
+ */
+export function describeServer(sql: PostgresSql): string {
+  const options = sql.options;
+  if (options === undefined) return "postgres://(unknown)";
+  const hosts = (options.host ?? []).map((host: string, index: number) =>
+    host.startsWith("/")
+      ? host
+      : `${host.includes(":") ? `[${host}]` : host}:${
+        options.port?.[index] ?? 5432
+      }`
+  ).join(",");
+  // A password is shown as *** so that readers know one is in use.
+  const password = options.pass ? ":***" : "";
+  const user = options.user
+    ? `${encodeURIComponent(options.user)}${password}@`
+    : "";
+  return redactUrl(`postgres://${user}${hosts}/${options.database ?? ""}`);
+}
+
+/**
+ * Checks the instance a store wraps and the store's options: pool options
+ * only for a pool this package opened (the application configures its own).
+ *
+ * @throws {InvalidArgumentError} The instance or an option is unusable, or
+ *   a pool option was given for the application's instance.
+ */
+export function checkInstance(
+  sql: Sql,
+  options: PostgresEventStoreOptions,
+): void {
+  if (!isSql(sql)) {
+    throw new InvalidArgumentError(
+      "sql",
+      "must be a postgres.js sql instance",
+    );
+  }
+  checkOptions(options);
+  if (!ownedPools.has(sql)) {
+    for (const name of POOL_OPTIONS) {
+      if (options[name] !== undefined) {
+        throw new InvalidArgumentError(
+          `options.${name}`,
+          "applies only when connecting by URL; configure the postgres.js instance instead",
+        );
+      }
+    }
+  }
+  if (asPostgres(sql).options?.fetch_types === false) {
+    throw new InvalidArgumentError(
+      "sql",
+      "must fetch array types (postgres.js option fetch_types: true, the default)",
+    );
+  }
+}
+
+/**
+ * Checks the store's options, whether it connects by URL or wraps an
+ * instance.
+ *
+ * @throws {InvalidArgumentError} An option is malformed.
+ */
+export function checkOptions(options: PostgresEventStoreOptions): void {
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidArgumentError("options", "must be an object");
+  }
+  if (options.max !== undefined) checkVersion(options.max, "options.max", 1);
+  for (
+    const name of [
+      "idleTimeout",
+      "connectTimeout",
+      "statementTimeout",
+      "acquireTimeout",
+      "responseTimeout",
+    ] as const
+  ) {
+    const value = options[name];
+    if (
+      value !== undefined &&
+      (typeof value !== "number" || !Number.isFinite(value) || value < 0)
+    ) {
+      throw new InvalidArgumentError(
+        `options.${name}`,
+        "must be a finite number of at least 0",
+      );
+    }
+  }
+  if (
+    options.applicationName !== undefined &&
+    (typeof options.applicationName !== "string" ||
+      options.applicationName.includes("\0"))
+  ) {
+    throw new InvalidArgumentError(
+      "options.applicationName",
+      "must be a string without NUL characters",
+    );
+  }
+  if (options.schema !== undefined) quoteSchema(options.schema);
+  if (
+    options.codec !== undefined &&
+    (typeof options.codec?.encode !== "function" ||
+      typeof options.codec?.decode !== "function")
+  ) {
+    throw new InvalidArgumentError(
+      "options.codec",
+      "must have encode and decode methods",
+    );
+  }
+  for (const name of ["logger", "generateId"] as const) {
+    if (options[name] !== undefined && typeof options[name] !== "function") {
+      throw new InvalidArgumentError(`options.${name}`, "must be a function");
+    }
+  }
+}

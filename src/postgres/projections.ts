@@ -1,0 +1,110 @@
+/**
+ * One batch of a PostgreSQL projection: its handler and its checkpoint in one
+ * transaction. Private to the package.
+ *
+ * @module
+ */
+
+import type { Attributes, Span } from "@opentelemetry/api";
+import type { ProjectionHandler, RecordedEvent } from "../event_store.ts";
+import type { PostgresSql } from "./driver.ts";
+import type { Statements } from "./statements.ts";
+import { answer, type QueryContext, read } from "./read.ts";
+
+/** What a projection's batch needs of the store. */
+export interface BatchContext {
+  /** The postgres.js instance. */
+  readonly sql: PostgresSql;
+  /** The statements of the store's schema. */
+  readonly statements: Statements;
+  /** Runs one operation of the store: its span and its typed errors. */
+  run<T>(
+    operation: string,
+    attributes: Attributes,
+    body: (span: Span) => Promise<T>,
+  ): Promise<T>;
+}
+
+/**
+ * Runs a projection's handler and saves its checkpoint in one transaction,
+ * so that the handler's writes through it and the checkpoint commit
+ * together. The handler's own error comes out unchanged; the database's
+ * are typed like every other.
+ *
+ * @returns Whether the batch was handled: `false` when the checkpoint was
+ *   no longer at `from`.
+ * @throws The handler's error, or the store's typed error.
+ */
+export function handleBatch<D>(
+  context: BatchContext,
+  name: string,
+  events: RecordedEvent<D>[],
+  handler: ProjectionHandler<D>,
+  from: bigint,
+  to: bigint,
+): Promise<boolean> {
+  const { sql, statements } = context;
+  let handlerError: { error: unknown } | undefined;
+  return context.run(
+    "run a projection",
+    { "eventstore.projection": name },
+    () =>
+      sql.begin(async (transaction) => {
+        // One batch of a name at a time, in any process; then check that
+        // nobody moved the checkpoint meanwhile (a reset, another runner).
+        await transaction.unsafe(statements.lockProjection, [name], {
+          prepare: true,
+        });
+        const [saved] = await transaction.unsafe(
+          statements.projectionPosition,
+          [name],
+          { prepare: true },
+        );
+        if ((saved === undefined ? 0n : BigInt(saved.position)) !== from) {
+          return false;
+        }
+        try {
+          await handler(events, { transaction });
+        } catch (error) {
+          handlerError = { error };
+          throw error;
+        }
+        await transaction.unsafe(
+          statements.saveProjectionPosition,
+          [name, to] as never[],
+          { prepare: true },
+        );
+        return true;
+      }).then((handled) => handled === true),
+  ).catch((error) => {
+    throw handlerError === undefined ? error : handlerError.error;
+  });
+}
+
+/** A projection's checkpoint, 0n if it has none: a read. */
+export async function readPosition(
+  context: QueryContext,
+  name: string,
+): Promise<bigint> {
+  const [row] = await read(
+    context,
+    () =>
+      context.sql.unsafe(context.statements.projectionPosition, [name], {
+        prepare: true,
+      }),
+  );
+  return row === undefined ? 0n : BigInt(row.position);
+}
+
+/** Forgets a projection's checkpoint (after any batch in flight), so that it starts over. */
+export async function resetPosition(
+  context: QueryContext,
+  name: string,
+): Promise<void> {
+  await answer(
+    context,
+    context.sql.unsafe(context.statements.resetProjection, [name], {
+      prepare: true,
+    }),
+  );
+}

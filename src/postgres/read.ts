@@ -1,0 +1,186 @@
+/**
+ * How the PostgreSQL store waits for its statements' answers, repeats a read
+ * after a lost connection, and turns rows into the contract's values.
+ * Private to the package.
+ *
+ * @module
+ */
+
+import type postgres from "postgres";
+import type { RecordedEvent } from "../event_store.ts";
+import type { Codec } from "../codec.ts";
+import type { LogLevel } from "../logger.ts";
+import { decodeValue, type ReadAllRange } from "../_input.ts";
+import { isLostConnection, type PostgresSql } from "./driver.ts";
+import { arrayLiteral, type Statements } from "./statements.ts";
+
+/** The store's log: its logger, with the schema added to every record. */
+export type Log = (
+  level: LogLevel,
+  message: string,
+  fields: Record<string, unknown>,
+) => void;
+
+/** What the store's statements need: the instance, the statements, the wait, the log. */
+export interface QueryContext {
+  /** The postgres.js instance. */
+  readonly sql: PostgresSql;
+  /** The statements of the store's schema. */
+  readonly statements: Statements;
+  /** Decodes `data` and snapshot `state`. */
+  readonly codec: Codec;
+  /** `options.responseTimeout`: milliseconds to wait for an answer, if any limit. */
+  readonly responseTimeout: number | undefined;
+  /** The store's log. */
+  readonly log: Log;
+}
+
+/**
+ * A statement's answer, or after `responseTimeout` a `RESPONSE_TIMEOUT`
+ * error (typed as {@linkcode StoreUnavailableError}). The statement is
+ * not cancelled: the server may still run it, so an append that timed out
+ * may have committed (retry it with its ids). What it is for: a call on a
+ * connection whose answer never arrives, as under Deno after a restart.
+ */
+export function answer<T>(
+  context: QueryContext,
+  query: Promise<T>,
+): Promise<T> {
+  const ms = context.responseTimeout;
+  if (ms === undefined) return query;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      // Its late outcome goes nowhere, but must not go unhandled.
+      query.catch(() => {});
+      reject(Object.assign(
+        new Error(
+          `no answer within ${ms} ms (options.responseTimeout); the statement may still complete`,
+        ),
+        { code: "RESPONSE_TIMEOUT" },
+      ));
+    }, ms);
+  });
+  return Promise.race([query, timedOut]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Runs a read, and once more if the connection failed: a read changes
+ * nothing, so repeating it is safe, and it spares the caller the error
+ * that the first call after a lost connection can get (postgres.js hands
+ * the dead connection's farewell to the next query) once it reconnected.
+ * Appends are never repeated this way: their outcome is unknown.
+ */
+export async function read<T>(
+  context: QueryContext,
+  query: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await answer(context, query());
+  } catch (error) {
+    if (!isLostConnection(error)) throw error;
+    context.log("debug", "Repeating a read after a lost connection", {
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return await answer(context, query());
+  }
+}
+
+/** The version of a stream, 0 if it has none: a read. */
+export async function readStreamVersion(
+  context: QueryContext,
+  streamId: string,
+): Promise<number> {
+  const [row] = await read(
+    context,
+    () =>
+      context.sql.unsafe(context.statements.streamVersion, [streamId], {
+        prepare: true,
+      }),
+  );
+  return Number(row.version);
+}
+
+/** Events of one stream from `fromVersion` on, at most `maxCount`: a read. */
+export async function loadStream<D>(
+  context: QueryContext,
+  streamId: string,
+  fromVersion: number,
+  maxCount: number,
+): Promise<RecordedEvent<D>[]> {
+  const rows = await read(
+    context,
+    () =>
+      context.sql.unsafe(context.statements.load, [
+        streamId,
+        fromVersion,
+        Number.isFinite(maxCount) ? maxCount : null,
+      ], { prepare: true }),
+  );
+  const events = new Array<RecordedEvent<D>>(rows.length);
+  for (let index = 0; index < rows.length; index++) {
+    events[index] = recorded<D>(context.codec, streamId, rows[index]);
+  }
+  return events;
+}
+
+/** Events of every stream in position order, filtered: a read. */
+export async function loadAll<D>(
+  context: QueryContext,
+  options: ReadAllRange,
+): Promise<RecordedEvent<D>[]> {
+  const { fromPosition, maxCount, types, category } = options;
+  const rows = await read(
+    context,
+    () =>
+      context.sql.unsafe(context.statements.readAll, [
+        fromPosition,
+        Number.isFinite(maxCount) ? maxCount : null,
+        types === undefined ? null : arrayLiteral(types),
+        category ?? null,
+      ] as never[], { prepare: true }),
+  );
+  const events = new Array<RecordedEvent<D>>(rows.length);
+  for (let index = 0; index < rows.length; index++) {
+    events[index] = recorded<D>(context.codec, rows[index].stream, rows[index]);
+  }
+  return events;
+}
+
+/** An event row as the contract's {@linkcode RecordedEvent}. */
+export function recorded<D>(
+  codec: Codec,
+  streamId: string,
+  row: postgres.Row,
+): RecordedEvent<D> {
+  const version = Number(row.version);
+  return {
+    id: row.id,
+    streamId,
+    version,
+    globalPosition: BigInt(row.position),
+    type: row.type,
+    data: decodeValue(
+      codec,
+      asBytes(row.data),
+      `stream ${JSON.stringify(streamId)} version ${version} data`,
+    ) as D,
+    metadata: asJsonObject(row.metadata),
+    createdAt: row.created,
+  };
+}
+
+/** A plain `Uint8Array` view of bytea (postgres.js gives a `Buffer`). */
+export function asBytes(value: Uint8Array): Uint8Array {
+  return value.constructor === Uint8Array
+    ? value
+    : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+}
+
+/** jsonb arrives parsed, or as text from an instance told not to parse it. */
+function asJsonObject(value: unknown): Record<string, unknown> {
+  return typeof value === "string" ? JSON.parse(value) : value as Record<
+    string,
+    unknown
+  >;
+}
