@@ -71,6 +71,7 @@ export const BUNDLED_MIGRATIONS: readonly string[] = [
   "004_create_projection_checkpoints_table.sql",
   "005_create_reset_projection_function.sql",
   "006_index_event_ids_per_stream.sql",
+  "007_position_offset.sql",
 ];
 
 /**
@@ -193,6 +194,7 @@ export async function runMigrations(
         durationMs: Math.round(performance.now() - started),
       });
     }
+    await realignPositions(postgresSql, quoted, schema, logger);
   } catch (error) {
     throw translateError(error, {
       operation: `migrate schema "${schema}"`,
@@ -300,6 +302,42 @@ function checkInOrder(
       }`,
       { migration: pending.name },
     );
+  }
+}
+
+/**
+ * After a restore into another cluster, whose transaction ids start below
+ * the stored positions: raises the offset that positions add to transaction
+ * ids (`realign_positions()` of migration 007), so that new positions come
+ * after every stored one and readers see every stored one. On a healthy
+ * database the function only reads `max(global_position)`: no lock, no DDL.
+ * One simple-protocol query, READ COMMITTED whatever the database's default
+ * (its check under the lock must see what another process committed).
+ */
+async function realignPositions(
+  sql: PostgresSql,
+  quoted: string,
+  schema: string,
+  logger: Logger,
+): Promise<void> {
+  const [found] = await sql`
+    SELECT to_regprocedure(${`${quoted}.realign_positions()`}) IS NOT NULL
+      AS function`;
+  if (!found.function) return; // migration 007 is not among these
+  const results = await sql.unsafe(
+    [
+      "SET LOCAL transaction_isolation = 'read committed'",
+      "SET LOCAL statement_timeout = 0",
+      "SET LOCAL lock_timeout = 0",
+      `SELECT ${quoted}.realign_positions()::text AS "offset"`,
+    ].join(";\n"),
+  ) as unknown as { offset: string | null }[][];
+  const offset = results.at(-1)?.[0]?.offset ?? null;
+  if (offset !== null) {
+    logSafely(logger, "warn", "Realigned global positions after a restore", {
+      schema,
+      offset,
+    });
   }
 }
 

@@ -8,7 +8,7 @@
 
 import type { Span } from "@opentelemetry/api";
 import type { AppendResult, ExpectedVersion } from "../event_store.ts";
-import { ConcurrencyConflictError } from "../errors.ts";
+import { ConcurrencyConflictError, MigrationError } from "../errors.ts";
 import type { PreparedEvent } from "../_input.ts";
 import { repeatedAppend } from "../expected_version.ts";
 import { constraintOf, isLostConnection, isServerError } from "./driver.ts";
@@ -101,6 +101,7 @@ export async function append(
             lookForIds,
           ], { prepare: true }),
         );
+      if (row.ahead) throw positionsAhead(context, streamId);
       if (row.storedids !== null) {
         const repeated = repeatedAppend(
           streamId,
@@ -174,6 +175,26 @@ export async function append(
       );
     }
   }
+}
+
+/**
+ * The error of an append refused because stored positions lie beyond this
+ * cluster's transaction ids: the database was restored into (or moved to)
+ * another cluster, and `migrate()` has not realigned positions yet. Nothing
+ * was written: a position written now would sort below stored ones.
+ */
+function positionsAhead(
+  context: AppendContext,
+  streamId: string,
+): MigrationError {
+  context.log("error", "Append refused: stored positions are ahead", {
+    streamId,
+  });
+  return new MigrationError(
+    `Cannot append to stream ${
+      JSON.stringify(streamId.slice(0, 200))
+    }: the stored global positions lie beyond this server's transaction ids, as after a restore into another cluster; run migrate() (deno task migrate) once to realign them (stored positions are kept); nothing was written`,
+  );
 }
 
 /** The conflict error of an append refused, logged. */

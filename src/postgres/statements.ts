@@ -63,8 +63,10 @@ export function channelFor(quotedSchema: string): string {
 }
 
 /**
- * Events one transaction can append: a position is the transaction's id
- * shifted left by 20 bits, plus the event's index in the transaction.
+ * Events one transaction can append: a position is the transaction's id plus
+ * the offset of migration 007 (`position_offset()`, 0 until a restore into
+ * another cluster), shifted left by 20 bits, plus the event's index in the
+ * transaction.
  */
 export const POSITIONS_PER_TRANSACTION = 2 ** 20;
 
@@ -82,8 +84,10 @@ export interface Statements {
    * version read), `position` (the last inserted global position, null when
    * nothing was inserted), and where the stream holds any of the ids:
    * `storedids`, `storedversions` (null when none) and `storedposition`
-   * (the position of the highest of them). Two writers that read the same
-   * version collide on the primary key (23505).
+   * (the position of the highest of them); `ahead`, true when stored
+   * positions lie beyond this cluster's transaction ids (a restore into
+   * another cluster, before `migrate()`), and nothing was inserted. Two
+   * writers that read the same version collide on the primary key (23505).
    */
   append: string;
   /**
@@ -98,9 +102,10 @@ export interface Statements {
   /**
    * Events of every stream in global order. `$1` after this position, `$2`
    * limit (null: all), `$3` types (null: all), `$4` category (null: all).
-   * Only positions below the snapshot's xmin << 20 are returned: every
-   * transaction with a lower id has ended, so no position below them can
-   * still appear; a later one may still be preceded by a commit.
+   * Only positions below (the snapshot's xmin + the offset) << 20 are
+   * returned: every transaction with a lower id has ended, so no position
+   * below them can still appear; a later one may still be preceded by a
+   * commit.
    */
   readAll: string;
   /**
@@ -141,8 +146,8 @@ export function statementsFor(schema: string): Statements {
   const snapshots = `${schema}.snapshots`;
   return {
     append: appendWith(
-      events,
-      `SELECT current.taken + batch.ordinality,
+      schema,
+      `SELECT current.base + batch.ordinality,
               $1, current.version + batch.ordinality, batch.event_id,
               batch.event_type, batch.data, batch.metadata::jsonb
        FROM current,
@@ -152,8 +157,8 @@ export function statementsFor(schema: string): Statements {
       "event_id = ANY ($2::uuid[])",
     ),
     appendOne: appendWith(
-      events,
-      `SELECT current.taken + 1,
+      schema,
+      `SELECT current.base + 1,
               $1, current.version + 1, $2::uuid, $3::text, $4::bytea,
               $5::text::jsonb
        FROM current`,
@@ -175,7 +180,8 @@ export function statementsFor(schema: string): Statements {
       FROM ${events}
       WHERE global_position > $1::bigint
         AND global_position <
-            (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+            ((pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+              + ${schema}.position_offset()) << 20)
         AND ($3::text[] IS NULL OR event_type = ANY ($3::text[]))
         AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
       ORDER BY global_position
@@ -220,31 +226,45 @@ export function statementsFor(schema: string): Statements {
  * The append statement around the rows it inserts: read the stream's
  * version and, when `$8`, the stream's events whose id `idMatch`es one of
  * the batch's; insert `rows` (a SELECT from `current`) only when `$6`/`$7`
- * hold and no id is stored; report the version read, the last position
- * inserted and the ids found.
+ * hold, no id is stored and no stored position is `ahead`; report the
+ * version read, the last position inserted, the ids found and `ahead`.
  *
  * Reading the ids and inserting in one statement is safe under READ
  * COMMITTED: a repeat that runs while the first append is still
  * uncommitted cannot see its ids, but reads the same stream version, so its
  * insert collides with the first on the primary key and waits for it; the
  * store then runs the statement again, which sees the committed ids.
+ *
+ * `ahead`: whether a stored position lies at or beyond the positions of the
+ * snapshot's xmax, which no transaction of this cluster can have written
+ * (none with an id that high had started): a database restored into another
+ * cluster, whose transaction ids start lower, until `realign_positions()`
+ * (migration 007, run by `migrate()`) raises the offset. An append then
+ * writes nothing rather than a position below stored ones. One backward
+ * probe of `events_global_position_idx`, which finds nothing.
+ *
+ * The append is its own transaction (one statement), so its transaction id
+ * is assigned after its snapshot was taken: no row of its own or of a later
+ * transaction is visible, the first position is `base + 1`, and the id is at
+ * least the snapshot's xmax, so `ahead` is never true on a healthy cluster.
  */
 function appendWith(
-  events: string,
+  schema: string,
   rows: string,
   order: string,
   idMatch: string,
 ): string {
+  const events = `${schema}.events`;
   return `
     WITH current AS (
       SELECT (SELECT coalesce(max(version), 0) FROM ${events}
               WHERE stream_id = $1) AS version,
-             -- The last position this transaction took, or its base.
-             coalesce((SELECT max(global_position) FROM ${events}
-                        WHERE global_position >= position.base
-                          AND global_position < position.base + ${POSITIONS_PER_TRANSACTION}),
-                       position.base) AS taken
-      FROM (SELECT pg_current_xact_id()::text::bigint << 20 AS base) AS position
+             (pg_current_xact_id()::text::bigint
+               + ${schema}.position_offset()) << 20 AS base,
+             EXISTS (SELECT FROM ${events}
+                     WHERE global_position >=
+                       ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                         + ${schema}.position_offset()) << 20)) AS ahead
     ), stored AS (
       -- Only for the caller's ids: a scan of the stream's rows.
       SELECT event_id::text AS id, version, global_position
@@ -256,6 +276,7 @@ function appendWith(
       ${rows}
       WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
         AND (current.version > 0 OR NOT $7::boolean)
+        AND NOT current.ahead
         AND NOT EXISTS (SELECT FROM stored)
       ${order}
       RETURNING global_position
@@ -265,6 +286,7 @@ function appendWith(
            (SELECT array_agg(id ORDER BY version) FROM stored) AS storedids,
            (SELECT array_agg(version ORDER BY version) FROM stored)
              AS storedversions,
-           (SELECT max(global_position) FROM stored) AS storedposition
+           (SELECT max(global_position) FROM stored) AS storedposition,
+           current.ahead AS ahead
     FROM current`;
 }
