@@ -21,8 +21,12 @@ COMMENT ON FUNCTION position_offset() IS
   'Added to transaction ids to make global positions: 0 on the cluster where the store was created, raised by realign_positions() after a restore into another cluster. Only ever raised.';
 
 -- Run by migrate() after the migrations: a no-op (no lock, no DDL) unless
--- the stored positions lie beyond this cluster's transaction ids.
-CREATE FUNCTION realign_positions() RETURNS bigint
+-- the stored positions lie beyond this cluster's transaction ids. An operator
+-- may call it with a position that consumers outside the database have seen
+-- (after a point-in-time recovery or the promotion of a replica that lagged,
+-- positions past the recovery point are handed out again): new positions
+-- then start above it too.
+CREATE FUNCTION realign_positions(above bigint DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 -- The schema this file runs in, whatever the caller's search_path.
 SET search_path FROM CURRENT
@@ -33,7 +37,7 @@ DECLARE
 BEGIN
   -- No transaction of this cluster has an id at or above the snapshot's
   -- xmax, so no position written here can lie beyond it.
-  SELECT max(global_position) INTO highest FROM events;
+  SELECT greatest(max(global_position), above) INTO highest FROM events;
   IF highest IS NULL OR highest <
      ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
        + position_offset()) << 20) THEN
@@ -43,7 +47,7 @@ BEGIN
   PERFORM pg_advisory_xact_lock(hashtextextended(
     'deno-eventstore migrations ' || current_schema(), 0));
   -- Checked again under the lock: another process may have realigned.
-  SELECT max(global_position) INTO highest FROM events;
+  SELECT greatest(max(global_position), above) INTO highest FROM events;
   IF highest < ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
                  + position_offset()) << 20) THEN
     RETURN NULL;
@@ -61,5 +65,5 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION realign_positions() IS
-  'After a restore into another cluster: raises position_offset() so that new positions start above every stored one (stored positions are kept). Returns the new offset, or NULL when nothing was needed. Called by migrate().';
+COMMENT ON FUNCTION realign_positions(bigint) IS
+  'After a restore into another cluster: raises position_offset() so that new positions start above every stored one (stored positions are kept), and above the position given, if any. Returns the new offset, or NULL when nothing was needed. Called by migrate() without an argument.';

@@ -321,7 +321,7 @@ async function realignPositions(
   logger: Logger,
 ): Promise<void> {
   const [found] = await sql`
-    SELECT to_regprocedure(${`${quoted}.realign_positions()`}) IS NOT NULL
+    SELECT to_regprocedure(${`${quoted}.realign_positions(bigint)`}) IS NOT NULL
       AS function`;
   if (!found.function) return; // migration 007 is not among these
   const results = await sql.unsafe(
