@@ -71,6 +71,7 @@ export {
   MigrationError,
   StoreClosedError,
   StoreUnavailableError,
+  UnsupportedServerError,
 } from "./src/errors.ts";
 export { cborCodec, type Codec } from "./src/codec.ts";
 export {

@@ -19,7 +19,8 @@ export type EventStoreErrorCode =
   | "store_closed"
   | "unavailable"
   | "migration"
-  | "database";
+  | "database"
+  | "unsupported_server";
 
 /**
  * The base class of every error this module throws on purpose.
@@ -339,6 +340,40 @@ export class StoreUnavailableError extends EventStoreError {
     super("unavailable", message, options);
     this.name = "StoreUnavailableError";
     this.sqlState = options?.sqlState;
+  }
+}
+
+/**
+ * Thrown when the server, or a connection pooler in front of it, cannot give
+ * the store what it needs, whatever the store does: a pooler in statement
+ * mode (no transactions), or one in transaction mode while the store was
+ * told to use named prepared statements (`prepare: true`). Thrown by
+ * `connect()` before anything is written; the message names the fix.
+ *
+ * @example Branch on the code
+ * ```ts
+ * import { UnsupportedServerError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new UnsupportedServerError(
+ *   "Cannot connect: a pooler in statement mode is in front of the server",
+ * );
+ * assert.equal(error.code, "unsupported_server");
+ * ```
+ */
+export class UnsupportedServerError extends EventStoreError {
+  /** Always `"unsupported_server"`. */
+  declare readonly code: "unsupported_server";
+
+  /**
+   * Creates an error saying what the server lacks and how to fix it.
+   *
+   * @param message A sentence for humans: "Cannot X: reason; fix".
+   * @param options `cause` keeps the underlying error, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super("unsupported_server", message, options);
+    this.name = "UnsupportedServerError";
   }
 }
 

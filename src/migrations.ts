@@ -244,9 +244,14 @@ async function readState(
   sql: PostgresSql,
   quoted: string,
 ): Promise<SchemaState> {
-  const [found] = await sql`
-    SELECT to_regnamespace(${quoted}) IS NOT NULL AS schema,
-           to_regclass(${`${quoted}.schema_migrations`}) IS NOT NULL AS table`;
+  // Unnamed statements (prepare: false) throughout: migrations are rare, and
+  // a named statement is not safe behind a transaction pooler.
+  const [found] = await sql.unsafe(
+    `SELECT to_regnamespace($1) IS NOT NULL AS schema,
+            to_regclass($2) IS NOT NULL AS table`,
+    [quoted, `${quoted}.schema_migrations`],
+    { prepare: false },
+  );
   const rows = found.table
     ? await sql.unsafe<{ name: string; checksum: string }[]>(
       `SELECT name, checksum FROM ${quoted}.schema_migrations`,
@@ -320,9 +325,11 @@ async function realignPositions(
   schema: string,
   logger: Logger,
 ): Promise<void> {
-  const [found] = await sql`
-    SELECT to_regprocedure(${`${quoted}.realign_positions(bigint)`}) IS NOT NULL
-      AS function`;
+  const [found] = await sql.unsafe(
+    "SELECT to_regprocedure($1) IS NOT NULL AS function",
+    [`${quoted}.realign_positions(bigint)`],
+    { prepare: false },
+  );
   if (!found.function) return; // migration 007 is not among these
   const results = await sql.unsafe(
     [

@@ -855,7 +855,11 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.deepEqual(records[0], {
       level: "info",
       message: "Connected",
-      fields: { schema: "public", server: records[0].fields.server },
+      fields: {
+        schema: "public",
+        server: records[0].fields.server,
+        route: "direct",
+      },
     });
     const conflict = records.find((record) =>
       record.message === "Append refused: concurrency conflict"

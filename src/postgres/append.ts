@@ -86,7 +86,7 @@ export async function append(
             exactVersion,
             mustExist,
             lookForIds,
-          ], { prepare: true }),
+          ], { prepare: context.prepare }),
         )
         : await answer(
           context,
@@ -99,7 +99,7 @@ export async function append(
             exactVersion,
             mustExist,
             lookForIds,
-          ], { prepare: true }),
+          ], { prepare: context.prepare }),
         );
       if (row.ahead) throw positionsAhead(context, streamId);
       if (row.storedids !== null) {

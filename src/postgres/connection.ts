@@ -12,6 +12,7 @@ import { InvalidArgumentError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { Sql } from "../migrations.ts";
 import { checkVersion } from "../_input.ts";
+import type { Route } from "./route.ts";
 import {
   asPostgres,
   isSql,
@@ -47,6 +48,17 @@ export interface PostgresEventStoreOptions {
    * `statementTimeout`.
    */
   responseTimeout?: number;
+  /**
+   * Whether the store's statements are named prepared statements, parsed
+   * and planned once per connection (`true`, the default), or parsed with
+   * every call (`false`, postgres.js's own option of that name). Set it to
+   * `false` behind a pooler in transaction mode (PgBouncer's
+   * `pool_mode = transaction`, and the poolers managed PostgreSQL puts in
+   * front by default), where consecutive statements of one client run on
+   * different server connections; the store detects such a pooler at
+   * `connect()` and refuses to start without it.
+   */
+  prepare?: boolean;
   /** Shown in `pg_stat_activity`; `deno-eventstore` by default. */
   applicationName?: string;
   /** The schema that holds the tables; `public` by default. */
@@ -72,6 +84,9 @@ const POOL_OPTIONS = [
 /** Connections of a pool opened by URL, unless `max` says otherwise. */
 export const DEFAULT_POOL_SIZE = 10;
 
+/** The application name a pool this package opens shows, unless told. */
+export const DEFAULT_APPLICATION_NAME = "deno-eventstore";
+
 /**
  * Seconds a new connection may take to be ready. Shorter than postgres.js's
  * 30: under Deno, a connection opened while PostgreSQL restarts sometimes
@@ -79,7 +94,7 @@ export const DEFAULT_POOL_SIZE = 10;
  * only this timeout ends the wait of the calls queued on it (measured: 10 of
  * 16 writers stuck for 30 s at the default, none past 6 s at 3).
  */
-const DEFAULT_CONNECT_TIMEOUT_S = 10;
+export const DEFAULT_CONNECT_TIMEOUT_S = 10;
 
 /** How long `close()` lets the store's own calls finish before ending the pool. */
 const CLOSE_GRACE_MS = 5_000;
@@ -92,7 +107,8 @@ export const ownedPools = new WeakSet<object>();
 
 /**
  * Opens a postgres.js pool for `url` with the store's options, and records
- * it among {@linkcode ownedPools}. Does no I/O.
+ * it among {@linkcode ownedPools}. Does no I/O. Startup parameters that only
+ * PostgreSQL takes are sent only on a `"direct"` route.
  *
  * @throws {InvalidArgumentError} postgres.js cannot parse the URL; its
  *   message, which may hold the password, is withheld.
@@ -100,23 +116,39 @@ export const ownedPools = new WeakSet<object>();
 export function openPool(
   url: string,
   options: PostgresEventStoreOptions,
+  route: Route = "direct",
 ): PostgresSql {
   let sql: PostgresSql;
   try {
     sql = postgres(url, {
       max: options.max ?? DEFAULT_POOL_SIZE,
+      // Behind a pooler, the pool's own default too: the transaction a
+      // projection handler gets is of this pool, and postgres.js would
+      // otherwise prepare the handler's statements, once per connection,
+      // and run them later on whichever server the pooler picks.
+      prepare: route === "direct"
+        ? options.prepare ?? true
+        : options.prepare === true,
       idle_timeout: options.idleTimeout,
       connect_timeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
       connection: {
-        application_name: options.applicationName ?? "deno-eventstore",
-        // The append statement is written for READ COMMITTED: a race shows
-        // as a key violation. A database default of SERIALIZABLE would turn
-        // races into serialization failures instead (handled too, by retry,
-        // but at the cost of aborted work).
-        default_transaction_isolation: "read committed",
-        ...(options.statementTimeout === undefined
-          ? {}
-          : { statement_timeout: options.statementTimeout }),
+        application_name: options.applicationName ?? DEFAULT_APPLICATION_NAME,
+        // Only PostgreSQL itself takes these: PgBouncer refuses a connection
+        // that sends them (08P01 "unsupported startup parameter"). Behind a
+        // pooler the store's transactions say READ COMMITTED themselves, and
+        // it cancels a statement that runs past statementTimeout.
+        ...(route === "direct"
+          ? {
+            // The append statement is written for READ COMMITTED: a race
+            // shows as a key violation. A database default of SERIALIZABLE
+            // would turn races into serialization failures instead
+            // (handled too, by retry, but at the cost of aborted work).
+            default_transaction_isolation: "read committed",
+            ...(options.statementTimeout === undefined
+              ? {}
+              : { statement_timeout: options.statementTimeout }),
+          }
+          : {}),
       },
       types: { bigint: postgres.BigInt },
       // postgres.js waits before reconnecting for up to 20 s, growing with
@@ -274,6 +306,9 @@ export function checkOptions(options: PostgresEventStoreOptions): void {
       "options.applicationName",
       "must be a string without NUL characters",
     );
+  }
+  if (options.prepare !== undefined && typeof options.prepare !== "boolean") {
+    throw new InvalidArgumentError("options.prepare", "must be a boolean");
   }
   if (options.schema !== undefined) quoteSchema(options.schema);
   if (

@@ -23,10 +23,22 @@ export const POSTGRES_POLL_MS = 1_000;
  */
 const NOTIFY_DELAY_MS = 5;
 
+/** How long a notification of the store's own may take to show that LISTEN works. */
+const LISTEN_PROBE_MS = 1_000;
+
 /** What a {@linkcode Notifier} needs of its store. */
 export interface NotifierContext {
   /** The postgres.js instance. */
   readonly sql: PostgresSql;
+  /**
+   * Whether LISTEN can work on this route: `"yes"` (PostgreSQL itself),
+   * `"verify"` (a pooler that may or may not keep a listening client on one
+   * server connection: a notification of its own must get through first),
+   * `"no"` (a pooler in transaction mode). Subscriptions poll regardless.
+   */
+  listens(): "yes" | "verify" | "no";
+  /** Sends a statement when a connection of the store's pool is free for it. */
+  withConnection<T>(send: () => Promise<T>): Promise<T>;
   /** The statement that sends the NOTIFY. */
   readonly notify: string;
   /** The channel appends notify. */
@@ -73,7 +85,9 @@ export class Notifier {
     const { inFlight, log } = this.#context;
     // No parameters: the simple protocol runs both statements of `notify`
     // as one implicit transaction.
-    const sending = this.#context.sql.unsafe(this.#context.notify).then(
+    const sending = this.#context.withConnection(() =>
+      this.#context.sql.unsafe(this.#context.notify)
+    ).then(
       () => {},
       (error) => {
         // Subscribers fall back on their poll; the appends stand.
@@ -93,24 +107,60 @@ export class Notifier {
   listen(): Promise<void> {
     // A subscription that outlived close() must not listen again.
     if (this.#context.closed()) return Promise.resolve();
-    this.#listening ??= this.#context.sql.listen(
-      this.#context.channel,
-      () => this.#context.wakeups.wake(),
-    ).then(
-      ({ unlisten }) => {
-        this.#unlisten = unlisten;
-      },
-      (error) => {
-        this.#context.log(
-          "warn",
-          "Cannot listen for appends; subscriptions poll",
-          {
-            error: error instanceof Error ? error.message : String(error),
-          },
-        );
-      },
-    );
+    this.#listening ??= this.#startListening().catch((error) => {
+      this.#context.log(
+        "warn",
+        "Cannot listen for appends; subscriptions poll",
+        { error: error instanceof Error ? error.message : String(error) },
+      );
+    });
     return this.#listening;
+  }
+
+  async #startListening(): Promise<void> {
+    const { sql, channel, wakeups, log } = this.#context;
+    const listens = this.#context.listens();
+    if (listens === "no") {
+      log("info", "Not listening through a pooler in transaction mode", {
+        pollMs: POSTGRES_POLL_MS,
+      });
+      return;
+    }
+    const probe = listens === "verify" ? crypto.randomUUID() : undefined;
+    const heard = Promise.withResolvers<void>();
+    const { unlisten } = await sql.listen(channel, (payload) => {
+      if (probe !== undefined && payload === probe) heard.resolve();
+      wakeups.wake();
+    });
+    this.#unlisten = unlisten;
+    if (probe === undefined) return;
+    // Behind a pooler in transaction mode the listening server connection
+    // goes back to the pool, and notifications reach nobody: only one of
+    // our own that arrives shows that LISTEN works here.
+    await this.#context.withConnection(() =>
+      sql.unsafe(`SELECT pg_notify($1, $2)`, [channel, probe], {
+        prepare: false,
+      })
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arrived = await Promise.race([
+      heard.promise.then(() => true),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), LISTEN_PROBE_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!arrived) {
+      this.#unlisten = undefined;
+      await unlisten().catch(() => {});
+      log(
+        "info",
+        "Notifications do not get through the pooler; subscriptions poll",
+        {
+          pollMs: POSTGRES_POLL_MS,
+        },
+      );
+    }
   }
 
   /**

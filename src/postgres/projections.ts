@@ -17,6 +17,10 @@ export interface BatchContext {
   readonly sql: PostgresSql;
   /** The statements of the store's schema. */
   readonly statements: Statements;
+  /** Whether statements are prepared (see {@linkcode QueryContext.prepare}). */
+  readonly prepare: boolean;
+  /** The statement timeout the store enforces itself (see {@linkcode QueryContext.cancelAfter}). */
+  readonly cancelAfter: number | undefined;
   /** Runs one operation of the store: its span and its typed errors. */
   run<T>(
     operation: string,
@@ -49,16 +53,27 @@ export function handleBatch<D>(
     "run a projection",
     { "eventstore.projection": name },
     () =>
-      sql.begin(async (transaction) => {
+      // READ COMMITTED whatever the database's default, which a pooler
+      // does not let the store set per connection: the checkpoint read
+      // after the lock must see what the previous batch committed.
+      sql.begin(READ_COMMITTED, async (transaction) => {
+        if (context.cancelAfter !== undefined) {
+          // Behind a pooler: the statementTimeout a startup parameter
+          // cannot carry, for this transaction's statements (a whole
+          // number of milliseconds, checked by the options).
+          await transaction.unsafe(
+            `SET LOCAL statement_timeout = ${Math.ceil(context.cancelAfter)}`,
+          );
+        }
         // One batch of a name at a time, in any process; then check that
         // nobody moved the checkpoint meanwhile (a reset, another runner).
         await transaction.unsafe(statements.lockProjection, [name], {
-          prepare: true,
+          prepare: context.prepare,
         });
         const [saved] = await transaction.unsafe(
           statements.projectionPosition,
           [name],
-          { prepare: true },
+          { prepare: context.prepare },
         );
         if ((saved === undefined ? 0n : BigInt(saved.position)) !== from) {
           return false;
@@ -72,7 +87,7 @@ export function handleBatch<D>(
         await transaction.unsafe(
           statements.saveProjectionPosition,
           [name, to] as never[],
-          { prepare: true },
+          { prepare: context.prepare },
         );
         return true;
       }).then((handled) => handled === true),
@@ -90,21 +105,33 @@ export async function readPosition(
     context,
     () =>
       context.sql.unsafe(context.statements.projectionPosition, [name], {
-        prepare: true,
+        prepare: context.prepare,
       }),
   );
   return row === undefined ? 0n : BigInt(row.position);
 }
 
-/** Forgets a projection's checkpoint (after any batch in flight), so that it starts over. */
+/**
+ * Forgets a projection's checkpoint (after any batch in flight), so that it
+ * starts over. In a READ COMMITTED transaction of its own, whatever the
+ * database's default: the function's delete must take its snapshot after
+ * its lock, to see a checkpoint that the batch in flight saved.
+ */
 export async function resetPosition(
   context: QueryContext,
   name: string,
 ): Promise<void> {
   await answer(
     context,
-    context.sql.unsafe(context.statements.resetProjection, [name], {
-      prepare: true,
-    }),
+    context.sql.begin(
+      READ_COMMITTED,
+      (transaction) =>
+        transaction.unsafe(context.statements.resetProjection, [name], {
+          prepare: context.prepare,
+        }),
+    ),
   );
 }
+
+/** What `sql.begin` puts after BEGIN: the isolation the store's transactions need. */
+const READ_COMMITTED = "isolation level read committed";

@@ -33,6 +33,18 @@ export interface QueryContext {
   readonly responseTimeout: number | undefined;
   /** The store's log. */
   readonly log: Log;
+  /**
+   * Whether statements are prepared once per connection (named prepared
+   * statements) or parsed with each call (`options.prepare`).
+   */
+  readonly prepare: boolean;
+  /**
+   * Milliseconds after which the store cancels a statement itself: the
+   * `statementTimeout` behind a pooler, which refuses it as a startup
+   * parameter. The server reports the cancel as it reports its own timeout
+   * (57014). `undefined` where PostgreSQL enforces it.
+   */
+  readonly cancelAfter: number | undefined;
 }
 
 /**
@@ -46,6 +58,8 @@ export function answer<T>(
   context: QueryContext,
   query: Promise<T>,
 ): Promise<T> {
+  const cancelAfter = context.cancelAfter;
+  if (cancelAfter !== undefined) cancelLater(query, cancelAfter);
   const ms = context.responseTimeout;
   if (ms === undefined) return query;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -62,6 +76,25 @@ export function answer<T>(
     }, ms);
   });
   return Promise.race([query, timedOut]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Cancels a postgres.js query still running after `ms` (a CancelRequest on
+ * a connection of its own, which a pooler passes on to the server the query
+ * runs on), the way PostgreSQL's `statement_timeout` would end it.
+ */
+function cancelLater(query: Promise<unknown>, ms: number): void {
+  const cancel = (query as { cancel?: () => unknown }).cancel;
+  if (typeof cancel !== "function") return;
+  const timer = setTimeout(() => {
+    try {
+      Promise.resolve(cancel.call(query)).catch(() => {});
+    } catch {
+      // Already answered, or its connection is gone: nothing to cancel.
+    }
+  }, ms);
+  const stop = () => clearTimeout(timer);
+  query.then(stop, stop);
 }
 
 /**
@@ -95,7 +128,7 @@ export async function readStreamVersion(
     context,
     () =>
       context.sql.unsafe(context.statements.streamVersion, [streamId], {
-        prepare: true,
+        prepare: context.prepare,
       }),
   );
   return Number(row.version);
@@ -115,7 +148,7 @@ export async function loadStream<D>(
         streamId,
         fromVersion,
         Number.isFinite(maxCount) ? maxCount : null,
-      ], { prepare: true }),
+      ], { prepare: context.prepare }),
   );
   const events = new Array<RecordedEvent<D>>(rows.length);
   for (let index = 0; index < rows.length; index++) {
@@ -138,7 +171,7 @@ export async function loadAll<D>(
         Number.isFinite(maxCount) ? maxCount : null,
         types === undefined ? null : arrayLiteral(types),
         category ?? null,
-      ] as never[], { prepare: true }),
+      ] as never[], { prepare: context.prepare }),
   );
   const events = new Array<RecordedEvent<D>>(rows.length);
   for (let index = 0; index < rows.length; index++) {

@@ -28,7 +28,7 @@ export async function saveSnapshot(
       streamId,
       version,
       encoded,
-    ], { prepare: true }),
+    ], { prepare: context.prepare }),
   );
   return Number(row.version);
 }
@@ -46,7 +46,7 @@ export async function loadSnapshot<S>(
     context,
     () =>
       context.sql.unsafe(context.statements.loadSnapshot, [streamId], {
-        prepare: true,
+        prepare: context.prepare,
       }),
   );
   if (row === undefined) return undefined;

@@ -34,6 +34,7 @@ import {
   InvalidArgumentError,
   StoreClosedError,
   StoreUnavailableError,
+  UnsupportedServerError,
 } from "../errors.ts";
 import { Slots } from "../_slots.ts";
 import {
@@ -72,6 +73,8 @@ import { channelFor, type Statements, statementsFor } from "./statements.ts";
 import {
   checkInstance,
   checkOptions,
+  DEFAULT_APPLICATION_NAME,
+  DEFAULT_CONNECT_TIMEOUT_S,
   DEFAULT_POOL_SIZE,
   describeServer,
   endPool,
@@ -82,6 +85,7 @@ import {
 import { loadAll, loadStream, readStreamVersion } from "./read.ts";
 import { loadSnapshot, saveSnapshot } from "./snapshots.ts";
 import { append, type AppendContext } from "./append.ts";
+import { probeRoute, type Route, type RouteProbe } from "./route.ts";
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
 import {
   type BatchContext,
@@ -160,6 +164,12 @@ export class PostgresEventStore implements EventStore {
   /** One per connection of a pool this store opened; none for the application's. */
   readonly #slots: Slots | undefined;
   readonly #acquireTimeout: number | undefined;
+  readonly #options: PostgresEventStoreOptions;
+  /** How the connections reach PostgreSQL; learnt before the first statement. */
+  #route: Route | undefined;
+  #learningRoute: Promise<void> | undefined;
+  /** Whether the store's statements are named prepared statements. */
+  #prepare: boolean;
   #closed = false;
 
   /**
@@ -175,6 +185,9 @@ export class PostgresEventStore implements EventStore {
    */
   constructor(sql: Sql, options: PostgresEventStoreOptions = {}) {
     checkInstance(sql, options);
+    // For the getters of the context, which modules read per statement.
+    // deno-lint-ignore no-this-alias
+    const store = this;
     const schema = options.schema ?? "public";
     // The application's own instance serves the application too: this
     // store cannot count its connections' users, so it does not try.
@@ -182,7 +195,9 @@ export class PostgresEventStore implements EventStore {
       ? new Slots(options.max ?? DEFAULT_POOL_SIZE)
       : undefined;
     this.#acquireTimeout = options.acquireTimeout;
+    this.#options = options;
     this.#sql = asPostgres(sql);
+    this.#prepare = options.prepare ?? this.#sql.options?.prepare !== false;
     this.#schema = schema;
     this.#statements = statementsFor(quoteSchema(schema));
     this.#codec = options.codec ?? cborCodec;
@@ -198,6 +213,15 @@ export class PostgresEventStore implements EventStore {
       statements: this.#statements,
       codec: this.#codec,
       responseTimeout: options.responseTimeout,
+      get prepare() {
+        return store.#prepare;
+      },
+      get cancelAfter() {
+        // 0 is PostgreSQL's "no limit".
+        return store.#route === "direct" || !options.statementTimeout
+          ? undefined
+          : options.statementTimeout;
+      },
       log: (level, message, fields) => this.#log(level, message, fields),
       notifyAppended: () => this.#notifier.notifyAppended(),
       run: (operation, attributes, body) =>
@@ -205,6 +229,8 @@ export class PostgresEventStore implements EventStore {
     };
     this.#notifier = new Notifier({
       sql: this.#sql,
+      withConnection: (send) => this.#withConnection(send),
+      listens: () => store.#listens(),
       notify: this.#statements.notify,
       channel: channelFor(quoteSchema(schema)),
       wakeups: this.#wakeups,
@@ -242,23 +268,48 @@ export class PostgresEventStore implements EventStore {
     url: string | Sql,
     options: PostgresEventStoreOptions = {},
   ): Promise<PostgresEventStore> {
-    if (typeof url !== "string") return new PostgresEventStore(url, options);
+    if (typeof url !== "string") {
+      const wrapping = new PostgresEventStore(url, options);
+      await wrapping.#run("connect", {}, () => wrapping.#learnRoute());
+      return wrapping;
+    }
     if (url.trim() === "") {
       throw new InvalidArgumentError("url", "must be a non-empty string");
     }
     checkOptions(options);
     const password = passwordOf(url);
-    const sql = openPool(url, options);
-    const store = new PostgresEventStore(sql, options);
-    // As typed in the URL: what a driver message would echo, if any did.
-    store.#password = password ?? store.#password;
+    const opened = (route: Route) => {
+      const store = new PostgresEventStore(
+        openPool(url, options, route),
+        options,
+      );
+      // As typed in the URL: what a driver message would echo, if any did.
+      store.#password = password ?? store.#password;
+      return store;
+    };
+    // Parses the URL (refusing a malformed one) and opens nothing yet.
+    let store = opened("direct");
     try {
-      await store.#run("connect", {}, () => sql`SELECT 1`);
+      const probe = await store.#run("connect", {}, () =>
+        probeRoute(url, {
+          connectTimeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
+          applicationName: options.applicationName ?? DEFAULT_APPLICATION_NAME,
+        }));
+      if (probe.route !== "direct") {
+        // A pooler refuses PostgreSQL's own startup parameters.
+        await store.#sql.end({ timeout: 0 });
+        store = opened(probe.route);
+      }
+      store.#adopt(probe);
+      await store.#run("connect", {}, () => store.#sql`SELECT 1`);
     } catch (error) {
-      await sql.end({ timeout: 0 }).catch(() => {});
+      await store.#sql.end({ timeout: 0 }).catch(() => {});
       throw error;
     }
-    store.#log("info", "Connected", { server: store.#server });
+    store.#log("info", "Connected", {
+      server: store.#server,
+      route: store.#route,
+    });
     return store;
   }
 
@@ -492,6 +543,103 @@ export class PostgresEventStore implements EventStore {
   }
 
   /**
+   * Takes what {@linkcode probeRoute} found: how to prepare statements and
+   * whether to LISTEN, or a refusal.
+   *
+   * @throws {UnsupportedServerError} A pooler in statement mode, or one in
+   *   transaction mode with `prepare: true`.
+   */
+  #adopt({ route, evidence }: RouteProbe): void {
+    const where = `Cannot connect (${this.#server})`;
+    if (route === "statement") {
+      throw new UnsupportedServerError(
+        `${where}: a connection pooler in statement mode is in front of PostgreSQL (${evidence}), and the store needs transactions (projections, and appends that must be checked and written together); set the pooler's pool_mode to transaction or session, or connect to PostgreSQL directly`,
+      );
+    }
+    if (route === "transaction" && this.#options.prepare === true) {
+      throw new UnsupportedServerError(
+        `${where}: a connection pooler in transaction mode is in front of PostgreSQL (${evidence}), where a named prepared statement can run on another server connection than the one that prepared it (and write wrong data); remove the option prepare: true (the store then sends unnamed statements), or use the pooler's session mode`,
+      );
+    }
+    this.#route = route;
+    if (route !== "direct") {
+      // Behind a pooler, statements are unnamed unless the application
+      // insists (a pooler in session mode, which the probe cannot prove).
+      this.#prepare = this.#options.prepare === true;
+      this.#log("info", "A connection pooler is in front of PostgreSQL", {
+        route,
+        evidence,
+        prepare: this.#prepare,
+        listen: route === "transaction"
+          ? "no: subscriptions poll"
+          : "if a notification gets through",
+      });
+    }
+  }
+
+  /**
+   * For the application's own instance: whether it reaches PostgreSQL
+   * directly (its startup pid is the backend's) or through a pooler,
+   * asked once, before the store's first statement.
+   */
+  #learnRoute(): Promise<void> {
+    if (this.#route !== undefined) return Promise.resolve();
+    this.#learningRoute ??= (async () => {
+      const rows = await this.#sql.unsafe("SELECT pg_backend_pid() AS pid");
+      const startupPid = (rows as unknown as { state?: { pid?: unknown } })
+        .state?.pid;
+      const pooled = startupPid !== Number(rows[0].pid);
+      if (pooled && this.#options.prepare !== true) {
+        throw new UnsupportedServerError(
+          `Cannot use the application's postgres.js instance (${this.#server}): a connection pooler is in front of PostgreSQL, and postgres.js pipelines statements of different callers on one connection, which a pooler in transaction mode sends on to a server connection it already gave back (the call then never answers); connect by URL instead (PostgresEventStore.connect(url) opens a pool that sends one statement at a time per connection), or pass prepare: true to the store if the pooler is in session mode`,
+        );
+      }
+      this.#adopt(
+        !pooled
+          ? { route: "direct", evidence: `backend pid ${rows[0].pid}` }
+          : {
+            route: "pooled",
+            evidence: "the instance's cancel key is not its backend's pid",
+          },
+      );
+    })().finally(() => {
+      this.#learningRoute = undefined;
+    });
+    return this.#learningRoute;
+  }
+
+  /**
+   * Runs `send` once a connection of the pool is free for it, like an
+   * operation: for the store's own statements outside operations (the
+   * NOTIFY after appends). With no more statements in flight than
+   * connections, postgres.js never pipelines one behind another on a
+   * connection, which a pooler in transaction mode cannot follow: it gives
+   * the server connection back at the first ReadyForQuery, and the answers
+   * to what was pipelined behind reach no client (PgBouncer 1.18: "got
+   * packet from server when not linked"; that call then never answers).
+   */
+  async #withConnection<T>(send: () => Promise<T>): Promise<T> {
+    const release = await this.#slots?.acquire(undefined, {
+      timedOut: () => this.#noConnection("notify subscribers"),
+      closed: () => new StoreClosedError("notify subscribers"),
+    });
+    try {
+      return await send();
+    } finally {
+      release?.();
+    }
+  }
+
+  /** Whether subscriptions should LISTEN, and how far to trust it. */
+  #listens(): "yes" | "verify" | "no" {
+    return this.#route === "direct" || this.#route === undefined
+      ? "yes"
+      : this.#route === "pooled"
+      ? "verify"
+      : "no";
+  }
+
+  /**
    * Runs one operation in a span: refuses it on a closed store, and turns
    * whatever it throws into a typed error without the password.
    */
@@ -533,6 +681,9 @@ export class PostgresEventStore implements EventStore {
         timedOut: () => this.#noConnection(described),
         closed: () => new StoreClosedError(operation),
       });
+      if (this.#route === undefined && operation !== "connect") {
+        await this.#learnRoute();
+      }
       return await body(span);
     } catch (error) {
       const typed = translateError(error, this.#errorContext(described));
