@@ -13,6 +13,7 @@ import type { Logger } from "../logger.ts";
 import type { Sql } from "../migrations.ts";
 import { checkVersion } from "../_input.ts";
 import type { Route } from "./route.ts";
+import { resilientSocketOptions } from "./socket.ts";
 import {
   asPostgres,
   isSql,
@@ -42,10 +43,10 @@ export interface PostgresEventStoreOptions {
    * Milliseconds the store waits for the answer to one of its statements
    * before the call fails with {@linkcode StoreUnavailableError}; no limit by
    * default. Unlike `statementTimeout` it needs no server: it ends the wait
-   * of a call whose connection went silent (seen under Deno after a server
-   * restart). The statement is not cancelled, so an append that timed out
-   * may still commit: retry it with the same event ids. Keep it above
-   * `statementTimeout`.
+   * of a call whose connection went silent (a network that drops packets
+   * without a reset). The statement is not cancelled, so an append that
+   * timed out may still commit: retry it with the same event ids. Keep it
+   * above `statementTimeout`.
    */
   responseTimeout?: number;
   /**
@@ -89,10 +90,9 @@ export const DEFAULT_APPLICATION_NAME = "deno-eventstore";
 
 /**
  * Seconds a new connection may take to be ready. Shorter than postgres.js's
- * 30: under Deno, a connection opened while PostgreSQL restarts sometimes
- * never gets the server's first reply (it sits unread in the socket), and
- * only this timeout ends the wait of the calls queued on it (measured: 10 of
- * 16 writers stuck for 30 s at the default, none past 6 s at 3).
+ * 30: it bounds how long a call waits for a connection that cannot be made
+ * (a server that accepts but does not answer), which is the longest a call
+ * can wait after a restart.
  */
 export const DEFAULT_CONNECT_TIMEOUT_S = 10;
 
@@ -131,7 +131,10 @@ export function openPool(
         : options.prepare === true,
       idle_timeout: options.idleTimeout,
       connect_timeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
-      connection: {
+      // The socket and the padding of the StartupMessage that keep
+      // postgres.js 3.4.9 from losing calls when a connection dies
+      // (src/postgres/socket.ts).
+      ...resilientSocketOptions(url, {
         application_name: options.applicationName ?? DEFAULT_APPLICATION_NAME,
         // Only PostgreSQL itself takes these: PgBouncer refuses a connection
         // that sends them (08P01 "unsupported startup parameter"). Behind a
@@ -149,7 +152,7 @@ export function openPool(
               : { statement_timeout: options.statementTimeout }),
           }
           : {}),
-      },
+      }),
       types: { bigint: postgres.BigInt },
       // postgres.js waits before reconnecting for up to 20 s, growing with
       // a count of failures shared by the whole pool: after a restart of a
