@@ -81,21 +81,38 @@ export function answer<T>(
 /**
  * Cancels a postgres.js query still running after `ms` (a CancelRequest on
  * a connection of its own, which a pooler passes on to the server the query
- * runs on), the way PostgreSQL's `statement_timeout` would end it.
+ * runs on), the way PostgreSQL's `statement_timeout` would end it. A cancel
+ * that arrives before the server started the statement (while postgres.js
+ * still sends or describes it) does nothing, so it is sent again every
+ * {@linkcode CANCEL_REPEAT_MS} until the query settles.
  */
 function cancelLater(query: Promise<unknown>, ms: number): void {
-  const cancel = (query as { cancel?: () => unknown }).cancel;
-  if (typeof cancel !== "function") return;
-  const timer = setTimeout(() => {
+  // postgres.js's `query.cancel()` sends one CancelRequest, then forgets how
+  // (it drops its `canceller`): so the canceller is kept here, to send more.
+  const canceller = (query as { canceller?: (query: unknown) => unknown })
+    .canceller;
+  if (typeof canceller !== "function") return;
+  let settled = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const send = () => {
+    if (settled) return;
     try {
-      Promise.resolve(cancel.call(query)).catch(() => {});
+      Promise.resolve(canceller(query)).catch(() => {});
     } catch {
       // Already answered, or its connection is gone: nothing to cancel.
     }
-  }, ms);
-  const stop = () => clearTimeout(timer);
+    timer = setTimeout(send, CANCEL_REPEAT_MS);
+  };
+  timer = setTimeout(send, ms);
+  const stop = () => {
+    settled = true;
+    clearTimeout(timer);
+  };
   query.then(stop, stop);
 }
+
+/** How often a statement past its timeout is cancelled again. */
+const CANCEL_REPEAT_MS = 100;
 
 /**
  * Runs a read, and once more if the connection failed: a read changes
