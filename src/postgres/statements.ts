@@ -241,7 +241,7 @@ export function statementsFor(schema: string): Statements {
  * cluster, whose transaction ids start lower, until `realign_positions()`
  * (migration 007, run by `migrate()`) raises the offset. An append then
  * writes nothing rather than a position below stored ones. One backward
- * probe of `events_global_position_idx`, which finds nothing.
+ * probe of `events_global_position_idx`: its last entry.
  *
  * The append is its own transaction (one statement), so its transaction id
  * is assigned after its snapshot was taken: no row of its own or of a later
@@ -261,10 +261,13 @@ function appendWith(
               WHERE stream_id = $1) AS version,
              (pg_current_xact_id()::text::bigint
                + ${schema}.position_offset()) << 20 AS base,
-             EXISTS (SELECT FROM ${events}
-                     WHERE global_position >=
-                       ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
-                         + ${schema}.position_offset()) << 20)) AS ahead
+             -- max(), not EXISTS: the planner cannot estimate the bound,
+             -- and for EXISTS it chose a sequential scan that read the whole
+             -- table (measured: W1 at 0.08 of its baseline); max() is
+             -- always one backward probe of events_global_position_idx.
+             coalesce((SELECT max(global_position) FROM ${events}), 0) >=
+               ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                 + ${schema}.position_offset()) << 20) AS ahead
     ), stored AS (
       -- Only for the caller's ids: a scan of the stream's rows.
       SELECT event_id::text AS id, version, global_position
