@@ -767,6 +767,7 @@ async function registerTests(database: TestDatabase): Promise<void> {
       ["options.applicationName", { applicationName: "a\0b" }],
       ["options.codec", { codec: {} as never }],
       ["options.logger", { logger: "console" as never }],
+      ["options.prepare", { prepare: "false" as never }],
     ];
     for (const [field, options] of bad) {
       await assert.rejects(

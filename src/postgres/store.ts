@@ -181,7 +181,10 @@ export class PostgresEventStore implements EventStore {
    * @param options The schema, codec, logger and id generator (pool options
    *   belong to the instance).
    * @throws {InvalidArgumentError} An option is malformed, or a pool option
-   *   was given.
+   *   was given. (Its first operation asks the instance once whether a
+   *   connection pooler is in front of PostgreSQL, and fails with
+   *   {@linkcode UnsupportedServerError} if so: see
+   *   {@linkcode PostgresEventStore.connect}.)
    */
   constructor(sql: Sql, options: PostgresEventStoreOptions = {}) {
     checkInstance(sql, options);
@@ -253,6 +256,12 @@ export class PostgresEventStore implements EventStore {
    *   login, or the database does not exist. The message shows the URL with
    *   its password redacted.
    * @throws {InvalidArgumentError} The URL or an option is malformed.
+   * @throws {UnsupportedServerError} A connection pooler the store cannot
+   *   work behind is in front of PostgreSQL: one in statement mode, one in
+   *   transaction mode with `prepare: true`, or any in front of an
+   *   application's own instance (connect by URL instead). Found by asking
+   *   the server, with one or two short-lived connections of the store's
+   *   own (by URL) or one query (an instance).
    *
    * @example Connect with a statement timeout
    * ```ts ignore
