@@ -8,6 +8,7 @@
  */
 
 import postgres from "postgres";
+import { UnsupportedServerError } from "../errors.ts";
 import type { PostgresSql } from "./driver.ts";
 
 /**
@@ -28,6 +29,8 @@ export type Route = "direct" | "pooled" | "transaction" | "statement";
 export interface RouteProbe {
   route: Route;
   evidence: string;
+  /** Found through an application's own instance, not a pool of the store's. */
+  instance?: boolean;
 }
 
 /** How long the second probe client may wait for a server connection. */
@@ -143,6 +146,79 @@ export async function probeRoute(
       clients.map((client) => client.end({ timeout: 0 }).catch(() => {})),
     );
   }
+}
+
+/**
+ * For an application's own postgres.js instance, which the store cannot
+ * open probe connections beside: one query, whose BackendKeyData pid tells
+ * PostgreSQL from a pooler. A pooler's mode stays unknown (`"pooled"`),
+ * flagged `instance` for {@linkcode refuseRoute}.
+ *
+ * @throws The driver's error, for the caller to type.
+ */
+export async function routeOfInstance(
+  sql: PostgresSql,
+): Promise<RouteProbe> {
+  const rows = await sql.unsafe("SELECT pg_backend_pid() AS pid");
+  const startupPid = (rows as unknown as { state?: { pid?: unknown } }).state
+    ?.pid;
+  return startupPid === Number(rows[0].pid)
+    ? { route: "direct", evidence: `backend pid ${rows[0].pid}` }
+    : {
+      route: "pooled",
+      evidence: "the instance's cancel key is not its backend's pid",
+      instance: true,
+    };
+}
+
+/**
+ * Refuses a route the store cannot work on, naming the fix: a pooler in
+ * statement mode; `prepare: true` where transaction mode was seen; and an
+ * application's own instance behind any pooler, unless `prepare: true` says
+ * the pooler is in session mode (postgres.js pipelines statements of
+ * different callers on one connection, and a pooler in transaction mode
+ * passes what was pipelined to a server connection it already gave back:
+ * that call never answers; a pool the store opens sends one statement at a
+ * time per connection).
+ *
+ * @throws {UnsupportedServerError} With the fix in its message.
+ */
+export function refuseRoute(
+  { route, evidence, instance }: RouteProbe,
+  options: { server: string; prepare: boolean | undefined },
+): void {
+  const { server, prepare } = options;
+  if (instance && route !== "direct" && prepare !== true) {
+    throw new UnsupportedServerError(
+      `Cannot use the application's postgres.js instance (${server}): a connection pooler is in front of PostgreSQL (${evidence}), and postgres.js pipelines statements of different callers on one connection, which a pooler in transaction mode sends on to a server connection it already gave back (the call then never answers); connect by URL instead (PostgresEventStore.connect(url) opens a pool that sends one statement at a time per connection), or pass prepare: true to the store if the pooler is in session mode`,
+    );
+  }
+  const where = `Cannot connect (${server})`;
+  if (route === "statement") {
+    throw new UnsupportedServerError(
+      `${where}: a connection pooler in statement mode is in front of PostgreSQL (${evidence}), and the store needs transactions (projections, and appends that must be checked and written together); set the pooler's pool_mode to transaction or session, or connect to PostgreSQL directly`,
+    );
+  }
+  if (route === "transaction" && prepare === true) {
+    throw new UnsupportedServerError(
+      `${where}: a connection pooler in transaction mode is in front of PostgreSQL (${evidence}), where a named prepared statement can run on another server connection than the one that prepared it (and write wrong data); remove the option prepare: true (the store then sends unnamed statements), or use the pooler's session mode`,
+    );
+  }
+}
+
+/**
+ * Whether subscriptions should LISTEN on a route: `"yes"` on PostgreSQL
+ * itself, `"verify"` behind a pooler that may keep a listening client on one
+ * server connection (a notification of the store's own must get through
+ * first), `"no"` behind one in transaction mode. Before the route is known:
+ * `"yes"`.
+ */
+export function listensOn(route: Route | undefined): "yes" | "verify" | "no" {
+  return route === undefined || route === "direct"
+    ? "yes"
+    : route === "pooled"
+    ? "verify"
+    : "no";
 }
 
 /**

@@ -34,7 +34,6 @@ import {
   InvalidArgumentError,
   StoreClosedError,
   StoreUnavailableError,
-  UnsupportedServerError,
 } from "../errors.ts";
 import { Slots } from "../_slots.ts";
 import {
@@ -85,7 +84,14 @@ import {
 import { loadAll, loadStream, readStreamVersion } from "./read.ts";
 import { loadSnapshot, saveSnapshot } from "./snapshots.ts";
 import { append, type AppendContext } from "./append.ts";
-import { probeRoute, type Route, type RouteProbe } from "./route.ts";
+import {
+  listensOn,
+  probeRoute,
+  refuseRoute,
+  type Route,
+  routeOfInstance,
+  type RouteProbe,
+} from "./route.ts";
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
 import {
   type BatchContext,
@@ -233,7 +239,7 @@ export class PostgresEventStore implements EventStore {
     this.#notifier = new Notifier({
       sql: this.#sql,
       withConnection: (send) => this.#withConnection(send),
-      listens: () => store.#listens(),
+      listens: () => listensOn(store.#route),
       notify: this.#statements.notify,
       channel: channelFor(quoteSchema(schema)),
       wakeups: this.#wakeups,
@@ -555,63 +561,37 @@ export class PostgresEventStore implements EventStore {
    * Takes what {@linkcode probeRoute} found: how to prepare statements and
    * whether to LISTEN, or a refusal.
    *
-   * @throws {UnsupportedServerError} A pooler in statement mode, or one in
-   *   transaction mode with `prepare: true`.
+   * @throws {UnsupportedServerError} A pooler the store cannot work behind.
    */
-  #adopt({ route, evidence }: RouteProbe): void {
-    const where = `Cannot connect (${this.#server})`;
-    if (route === "statement") {
-      throw new UnsupportedServerError(
-        `${where}: a connection pooler in statement mode is in front of PostgreSQL (${evidence}), and the store needs transactions (projections, and appends that must be checked and written together); set the pooler's pool_mode to transaction or session, or connect to PostgreSQL directly`,
-      );
-    }
-    if (route === "transaction" && this.#options.prepare === true) {
-      throw new UnsupportedServerError(
-        `${where}: a connection pooler in transaction mode is in front of PostgreSQL (${evidence}), where a named prepared statement can run on another server connection than the one that prepared it (and write wrong data); remove the option prepare: true (the store then sends unnamed statements), or use the pooler's session mode`,
-      );
-    }
-    this.#route = route;
-    if (route !== "direct") {
+  #adopt(probe: RouteProbe): void {
+    refuseRoute(probe, {
+      server: this.#server,
+      prepare: this.#options.prepare,
+    });
+    this.#route = probe.route;
+    if (probe.route !== "direct") {
       // Behind a pooler, statements are unnamed unless the application
       // insists (a pooler in session mode, which the probe cannot prove).
       this.#prepare = this.#options.prepare === true;
       this.#log("info", "A connection pooler is in front of PostgreSQL", {
-        route,
-        evidence,
+        route: probe.route,
+        evidence: probe.evidence,
         prepare: this.#prepare,
-        listen: route === "transaction"
-          ? "no: subscriptions poll"
-          : "if a notification gets through",
+        listen: listensOn(probe.route),
       });
     }
   }
 
   /**
    * For the application's own instance: whether it reaches PostgreSQL
-   * directly (its startup pid is the backend's) or through a pooler,
-   * asked once, before the store's first statement.
+   * directly or through a pooler, asked once, before the store's first
+   * statement.
    */
   #learnRoute(): Promise<void> {
     if (this.#route !== undefined) return Promise.resolve();
-    this.#learningRoute ??= (async () => {
-      const rows = await this.#sql.unsafe("SELECT pg_backend_pid() AS pid");
-      const startupPid = (rows as unknown as { state?: { pid?: unknown } })
-        .state?.pid;
-      const pooled = startupPid !== Number(rows[0].pid);
-      if (pooled && this.#options.prepare !== true) {
-        throw new UnsupportedServerError(
-          `Cannot use the application's postgres.js instance (${this.#server}): a connection pooler is in front of PostgreSQL, and postgres.js pipelines statements of different callers on one connection, which a pooler in transaction mode sends on to a server connection it already gave back (the call then never answers); connect by URL instead (PostgresEventStore.connect(url) opens a pool that sends one statement at a time per connection), or pass prepare: true to the store if the pooler is in session mode`,
-        );
-      }
-      this.#adopt(
-        !pooled
-          ? { route: "direct", evidence: `backend pid ${rows[0].pid}` }
-          : {
-            route: "pooled",
-            evidence: "the instance's cancel key is not its backend's pid",
-          },
-      );
-    })().finally(() => {
+    this.#learningRoute ??= routeOfInstance(this.#sql).then(
+      (probe) => this.#adopt(probe),
+    ).finally(() => {
       this.#learningRoute = undefined;
     });
     return this.#learningRoute;
@@ -637,15 +617,6 @@ export class PostgresEventStore implements EventStore {
     } finally {
       release?.();
     }
-  }
-
-  /** Whether subscriptions should LISTEN, and how far to trust it. */
-  #listens(): "yes" | "verify" | "no" {
-    return this.#route === "direct" || this.#route === undefined
-      ? "yes"
-      : this.#route === "pooled"
-      ? "verify"
-      : "no";
   }
 
   /**
