@@ -756,6 +756,48 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.equal(events_.t, "events");
   });
 
+  Deno.test("PostgresEventStore: a 63-character schema name still notifies subscribers (the channel fits)", async () => {
+    const schema = `s${crypto.randomUUID().replaceAll("-", "")}`.padEnd(
+      63,
+      "x",
+    );
+    const records: LogRecord[] = [];
+    await using store = await open({
+      schema,
+      logger: (record) => records.push(record),
+    });
+    await store.migrate();
+    const controller = new AbortController();
+    const timeout = setTimeout(() => controller.abort(), 10_000);
+    const seen: number[] = [];
+    const delivered = (async () => {
+      for await (
+        const event of store.subscribe<{ n: number }>({
+          signal: controller.signal,
+        })
+      ) {
+        seen.push(event.data.n);
+        if (seen.length === 3) controller.abort();
+      }
+    })();
+    await store.appendEvents(newStreamId(), events(3));
+    await delivered;
+    clearTimeout(timeout);
+    // Let the coalesced NOTIFY go out and come back.
+    await store.appendEvents(newStreamId(), events(1));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen, [1, 2, 3]);
+    const warnings = records.filter((record) => record.level === "warn");
+    assert.deepEqual(warnings, []);
+    // Two long names that share their first 52 characters get two channels.
+    const { channelFor } = await import("../src/postgres/statements.ts");
+    const other = `"${schema.slice(0, 60)}yyy"`;
+    assert.ok(channelFor(`"${schema}"`).length <= 63);
+    assert.notEqual(channelFor(`"${schema}"`), channelFor(other));
+    assert.equal(channelFor('"public"'), "eventstore_public");
+    await admin.unsafe(`DROP SCHEMA "${schema}" CASCADE`);
+  });
+
   Deno.test("PostgresEventStore: bad options and URLs are refused before connecting", async () => {
     const bad: [string, PostgresEventStoreOptions][] = [
       ["options.max", { max: 0 }],

@@ -56,11 +56,27 @@ export function byteaArrayLiteral(values: readonly Uint8Array[]): string {
 
 /**
  * The LISTEN/NOTIFY channel of a store's schema (given quoted, as checked by
- * `quoteSchema`: letters, digits and underscores only).
+ * `quoteSchema`: letters, digits and underscores only): `eventstore_` and
+ * the name. A channel is an identifier, at most 63 bytes, and PostgreSQL
+ * refuses a longer one ("channel name too long", on every NOTIFY), so for a
+ * schema name past 52 characters it is the name's first 43 and a hash of
+ * the whole (FNV-1a, 8 hex digits): the same in every process, apart for
+ * names that share a prefix.
  */
 export function channelFor(quotedSchema: string): string {
-  return `eventstore_${quotedSchema.slice(1, -1)}`;
+  const name = quotedSchema.slice(1, -1);
+  const channel = `eventstore_${name}`;
+  if (channel.length <= MAX_IDENTIFIER_BYTES) return channel;
+  let hash = 0x811c9dc5;
+  for (let index = 0; index < name.length; index++) {
+    hash = Math.imul(hash ^ name.charCodeAt(index), 0x01000193) >>> 0;
+  }
+  const suffix = `_${hash.toString(16).padStart(8, "0")}`;
+  return channel.slice(0, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
 }
+
+/** PostgreSQL's NAMEDATALEN − 1: the longest identifier, in bytes. */
+const MAX_IDENTIFIER_BYTES = 63;
 
 /**
  * Events one transaction can append: a position is the transaction's id plus
