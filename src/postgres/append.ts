@@ -11,7 +11,12 @@ import type { AppendResult, ExpectedVersion } from "../event_store.ts";
 import { ConcurrencyConflictError, MigrationError } from "../errors.ts";
 import type { PreparedEvent } from "../_input.ts";
 import { repeatedAppend } from "../expected_version.ts";
-import { constraintOf, isLostConnection, isServerError } from "./driver.ts";
+import {
+  constraintOf,
+  isConnectionError,
+  isLostConnection,
+  isServerError,
+} from "./driver.ts";
 import { arrayLiteral, byteaArrayLiteral } from "./statements.ts";
 import {
   answer,
@@ -72,6 +77,10 @@ export async function append(
   // tell).
   let lookForIds = hasCallerIds;
   let lostConnections = 0;
+  // What the server said when the first connection was lost (a FATAL
+  // error: a restart, a pooler's timeout), kept for the caller when a
+  // resend then fails with only the socket's word for it.
+  let firstLoss: unknown;
   for (let attempt = 1;; attempt++) {
     try {
       const [row] = single
@@ -103,13 +112,14 @@ export async function append(
         );
       if (row.ahead) throw positionsAhead(context, streamId);
       if (row.storedids !== null) {
+        const storedVersions = fromJson<number[]>(row.storedversions);
         const repeated = repeatedAppend(
           streamId,
           expected,
           ids,
-          (row.storedids as string[]).map((id, index) => ({
+          fromJson<string[]>(row.storedids).map((id, index) => ({
             id,
-            version: Number(row.storedversions[index]),
+            version: Number(storedVersions[index]),
           })),
         );
         if (repeated !== undefined) {
@@ -145,6 +155,7 @@ export async function append(
       ) {
         lostConnections++;
         lookForIds = true;
+        firstLoss ??= error;
         context.log(
           "debug",
           "Sending an append again after a lost connection",
@@ -156,7 +167,12 @@ export async function append(
         continue;
       }
       const retry = retryAfter(error, expected, lookForIds);
-      if (retry === "never") throw error;
+      if (retry === "never") {
+        throw isServerError(firstLoss) && !isServerError(error) &&
+            isConnectionError(error)
+          ? firstLoss
+          : error;
+      }
       if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
         context.log("debug", "Retrying an append that lost a race", {
           streamId,
@@ -253,6 +269,14 @@ async function backOff(attempt: number): Promise<void> {
   if (attempt < 3) return;
   const ms = Math.random() * Math.min(50, 2 ** (attempt - 2));
   await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * A JSON column's value: parsed by postgres.js, or still text from an
+ * application's instance whose types leave JSON alone.
+ */
+function fromJson<T>(value: unknown): T {
+  return (typeof value === "string" ? JSON.parse(value) : value) as T;
 }
 
 /**

@@ -13,14 +13,8 @@ import type { Logger } from "../logger.ts";
 import type { Sql } from "../migrations.ts";
 import { checkVersion } from "../_input.ts";
 import type { Route } from "./route.ts";
-import { resilientSocketOptions } from "./socket.ts";
-import {
-  asPostgres,
-  isSql,
-  type PostgresSql,
-  quoteSchema,
-  redactUrl,
-} from "./driver.ts";
+import { type Farewell, resilientSocketOptions } from "./socket.ts";
+import { isSql, type PostgresSql, quoteSchema, redactUrl } from "./driver.ts";
 
 /** Options of {@linkcode PostgresEventStore}, named as postgres.js users expect. */
 export interface PostgresEventStoreOptions {
@@ -106,6 +100,31 @@ const SOCKET_CLOSE_TIMEOUT_S = 0.5;
 export const ownedPools = new WeakSet<object>();
 
 /**
+ * What a pool this module opened reports of its connections as it happens,
+ * which postgres.js tells nobody else: for the transactions of
+ * `src/postgres/transaction.ts`, which must stop using a connection the
+ * moment it closes.
+ */
+export interface PoolEvents {
+  /** How many of the pool's connections closed so far. */
+  readonly closes: number;
+  /**
+   * The last error a server sent before closing one of them, how many had
+   * closed before that one, and when (`performance.now()`).
+   */
+  readonly farewell:
+    | { readonly error: Farewell; readonly closes: number; readonly at: number }
+    | undefined;
+}
+
+const poolEvents = new WeakMap<object, PoolEvents>();
+
+/** The {@linkcode PoolEvents} of a pool this module opened; none for the application's. */
+export function poolEventsOf(sql: PostgresSql): PoolEvents | undefined {
+  return poolEvents.get(sql);
+}
+
+/**
  * Opens a postgres.js pool for `url` with the store's options, and records
  * it among {@linkcode ownedPools}. Does no I/O. Startup parameters that only
  * PostgreSQL takes are sent only on a `"direct"` route.
@@ -119,6 +138,10 @@ export function openPool(
   route: Route = "direct",
 ): PostgresSql {
   let sql: PostgresSql;
+  const events = {
+    closes: 0,
+    farewell: undefined as PoolEvents["farewell"],
+  };
   try {
     sql = postgres(url, {
       max: options.max ?? DEFAULT_POOL_SIZE,
@@ -131,6 +154,17 @@ export function openPool(
         : options.prepare === true,
       idle_timeout: options.idleTimeout,
       connect_timeout: options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S,
+      // No query of postgres.js's own: after connecting it would fetch the
+      // server's array types, and an error of that query (PgBouncer's
+      // "server_login_retry" or "query_wait_timeout" while PostgreSQL
+      // restarts or its pool is full) reached no caller and killed the
+      // process, an unhandled rejection. The store's statements need no
+      // array type: their array parameters are literals (statements.ts)
+      // and their array results come as JSON.
+      fetch_types: false,
+      onclose: () => {
+        events.closes++;
+      },
       // The socket and the padding of the StartupMessage that keep
       // postgres.js 3.4.9 from losing calls when a connection dies
       // (src/postgres/socket.ts).
@@ -152,6 +186,12 @@ export function openPool(
               : { statement_timeout: options.statementTimeout }),
           }
           : {}),
+      }, (error) => {
+        events.farewell = {
+          error,
+          closes: events.closes,
+          at: performance.now(),
+        };
       }),
       types: { bigint: postgres.BigInt },
       // postgres.js waits before reconnecting for up to 20 s, growing with
@@ -177,6 +217,7 @@ export function openPool(
     );
   }
   ownedPools.add(sql);
+  poolEvents.set(sql, events);
   return sql;
 }
 
@@ -260,12 +301,6 @@ export function checkInstance(
         );
       }
     }
-  }
-  if (asPostgres(sql).options?.fetch_types === false) {
-    throw new InvalidArgumentError(
-      "sql",
-      "must fetch array types (postgres.js option fetch_types: true, the default)",
-    );
   }
 }
 

@@ -129,6 +129,12 @@ export interface ErrorContext {
   schema: string;
   /** Scrubbed from every message. */
   password?: string;
+  /**
+   * What a server said just before it closed one of the pool's connections
+   * while the operation ran, if anything: the cause behind a socket error
+   * that says only that the connection went away.
+   */
+  farewell?: { code: string; message: string };
 }
 
 /** The driver's error codes for a connection that failed or went away. */
@@ -161,6 +167,14 @@ const UNAVAILABLE_SQLSTATES = new Map([
   ["57P02", "the server crashed"],
   ["57P03", "the server is not accepting connections yet"],
   ["57014", "the statement timed out or was cancelled"],
+  [
+    "25P03",
+    "the server ended the session: its transaction sat idle longer than idle_in_transaction_session_timeout",
+  ],
+  [
+    "57P05",
+    "the server ended the session: it sat idle longer than idle_session_timeout",
+  ],
   ["28P01", "authentication failed"],
   ["28000", "authentication failed"],
   ["3D000", "the database does not exist"],
@@ -180,15 +194,17 @@ interface ServerError {
 }
 
 /**
- * Whether the connection failed or went away: the driver's socket errors and
- * SQLSTATE class 08 and 57P01–57P03. What was in flight may or may not have
+ * Whether the connection failed or went away: the driver's socket errors,
+ * SQLSTATE class 08, 57P01–57P03 and the sessions the server ends when idle
+ * (25P03 in a transaction, 57P05 outside). What was in flight may or may not have
  * been committed; nothing more should be sent on that connection.
  */
 export function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
   if (typeof code !== "string") return false;
   if (isServerError(error)) {
-    return code.startsWith("08") || /^57P0[123]$/.test(code);
+    return code.startsWith("08") || /^57P0[1235]$/.test(code) ||
+      code === "25P03";
   }
   return CONNECTION_ERROR_CODES.has(code);
 }
@@ -213,9 +229,16 @@ export function isLostConnection(error: unknown): boolean {
 
 /** Whether `error` is an error PostgreSQL itself sent. */
 export function isServerError(error: unknown): error is ServerError {
-  return error instanceof Error && typeof (error as { severity?: unknown })
-        .severity === "string" &&
-    typeof (error as { code?: unknown }).code === "string";
+  if (!(error instanceof Error)) return false;
+  const fields = error as {
+    severity?: unknown;
+    severity_local?: unknown;
+    code?: unknown;
+  };
+  // PgBouncer's own errors carry only the localized severity (S), not V.
+  return (typeof fields.severity === "string" ||
+    typeof fields.severity_local === "string") &&
+    typeof fields.code === "string";
 }
 
 /** The PostgreSQL error's constraint, when a constraint was violated. */
@@ -261,6 +284,14 @@ export function translateError(
   }
   const code = (error as { code?: unknown })?.code;
   if (typeof code === "string" && CONNECTION_ERROR_CODES.has(code)) {
+    const farewell = context.farewell;
+    if (farewell !== undefined) {
+      const said = scrub(farewell.message, context.password);
+      return new StoreUnavailableError(
+        `Cannot ${where}: the connection closed (${detail}); the server had said ${farewell.code}: ${said}`,
+        { cause: error, sqlState: farewell.code },
+      );
+    }
     return new StoreUnavailableError(
       `Cannot ${where}: the database is unreachable (${detail})`,
       { cause: error },

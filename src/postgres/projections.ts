@@ -7,9 +7,11 @@
 
 import type { Attributes, Span } from "@opentelemetry/api";
 import type { ProjectionHandler, RecordedEvent } from "../event_store.ts";
-import type { PostgresSql } from "./driver.ts";
+import { isConnectionError, type PostgresSql } from "./driver.ts";
 import type { Statements } from "./statements.ts";
 import { answer, type QueryContext, read } from "./read.ts";
+import type { PoolEvents } from "./connection.ts";
+import { inTransaction } from "./transaction.ts";
 
 /** What a projection's batch needs of the store. */
 export interface BatchContext {
@@ -21,6 +23,8 @@ export interface BatchContext {
   readonly prepare: boolean;
   /** The statement timeout the store enforces itself (see {@linkcode QueryContext.cancelAfter}). */
   readonly cancelAfter: number | undefined;
+  /** Its pool's events, for a pool the store opened (see `transaction.ts`). */
+  readonly poolEvents: PoolEvents | undefined;
   /** Runs one operation of the store: its span and its typed errors. */
   run<T>(
     operation: string,
@@ -55,8 +59,14 @@ export function handleBatch<D>(
     () =>
       // READ COMMITTED whatever the database's default, which a pooler
       // does not let the store set per connection: the checkpoint read
-      // after the lock must see what the previous batch committed.
-      sql.begin(READ_COMMITTED, async (transaction) => {
+      // after the lock must see what the previous batch committed. Not
+      // sql.begin itself: see inTransaction, which ends with the
+      // connection (the handler may wait long enough for the server to
+      // end an idle transaction).
+      inTransaction(sql, {
+        mode: READ_COMMITTED,
+        events: context.poolEvents,
+      }, async (transaction) => {
         if (context.cancelAfter !== undefined) {
           // Behind a pooler: the statementTimeout a startup parameter
           // cannot carry, for this transaction's statements (a whole
@@ -81,7 +91,9 @@ export function handleBatch<D>(
         try {
           await handler(events, { transaction });
         } catch (error) {
-          handlerError = { error };
+          // The handler's own error comes out unchanged; one of the
+          // transaction's lost connection is the store's to type.
+          if (!isConnectionError(error)) handlerError = { error };
           throw error;
         }
         await transaction.unsafe(
@@ -118,13 +130,14 @@ export async function readPosition(
  * its lock, to see a checkpoint that the batch in flight saved.
  */
 export async function resetPosition(
-  context: QueryContext,
+  context: QueryContext & Pick<BatchContext, "poolEvents">,
   name: string,
 ): Promise<void> {
   await answer(
     context,
-    context.sql.begin(
-      READ_COMMITTED,
+    inTransaction(
+      context.sql,
+      { mode: READ_COMMITTED, events: context.poolEvents },
       (transaction) =>
         transaction.unsafe(context.statements.resetProjection, [name], {
           prepare: context.prepare,

@@ -80,8 +80,58 @@ export function sanitizeFirstWrite(buffer: Buffer): Buffer {
   return Buffer.concat([header, body, rest]);
 }
 
+/**
+ * The error a server sent just before it closed a connection (FATAL: an
+ * idle-in-transaction timeout, a terminated backend, a shutdown), as
+ * PostgreSQL's fields: postgres.js drops it when no query is in flight, and
+ * reports only `CONNECTION_CLOSED` to a transaction that was waiting.
+ */
+export interface Farewell {
+  /** SQLSTATE, e.g. `25P03`. */
+  readonly code: string;
+  /** `FATAL` or `PANIC`. */
+  readonly severity: string;
+  /** The server's message. */
+  readonly message: string;
+}
+
+/**
+ * The farewell at the end of the last chunk a socket received, if that
+ * chunk is one whole ErrorResponse of severity FATAL or PANIC (it comes
+ * alone, after the connection was idle or between statements). Anything
+ * else is not a farewell.
+ */
+export function farewellIn(
+  chunk: Uint8Array | undefined,
+): Farewell | undefined {
+  if (chunk === undefined || chunk.length < 6 || chunk[0] !== 0x45) {
+    return undefined; // 'E'
+  }
+  const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  if (1 + bytes.readInt32BE(1) !== bytes.length) return undefined;
+  const fields = new Map<string, string>();
+  for (let i = 5; i < bytes.length && bytes[i] !== 0;) {
+    const end = bytes.indexOf(0, i + 1);
+    if (end < 0) return undefined;
+    fields.set(
+      String.fromCharCode(bytes[i]),
+      bytes.toString("utf8", i + 1, end),
+    );
+    i = end + 1;
+  }
+  const severity = fields.get("V") ?? fields.get("S");
+  const code = fields.get("C");
+  const message = fields.get("M");
+  if (severity !== "FATAL" && severity !== "PANIC") return undefined;
+  if (code === undefined || message === undefined) return undefined;
+  return { code, severity, message };
+}
+
 /** The `socket` option: a connected-on-demand net.Socket with the two fixes. */
-export function resilientSocket(options: DriverOptions): net.Socket {
+export function resilientSocket(
+  options: DriverOptions,
+  onFarewell?: (farewell: Farewell) => void,
+): net.Socket {
   type Emit = (
     this: net.Socket,
     event: string | symbol,
@@ -95,9 +145,17 @@ export function resilientSocket(options: DriverOptions): net.Socket {
   const socket = new net.Socket();
   let over = false;
   let first = true;
+  // A reference, not a copy: the server's last words, read at 'close'.
+  let last: Uint8Array | undefined;
+  const farewell = () => {
+    const said = onFarewell === undefined ? undefined : farewellIn(last);
+    if (said !== undefined) onFarewell!(said);
+  };
   const emit = socket.emit as Emit;
   (socket as { emit: Emit }).emit = function (event, ...args) {
     if (over) return false; // nothing reaches the driver after its 'close'
+    if (event === "data") last = args[0] as Uint8Array;
+    if (event === "error" || event === "close") farewell();
     if (event === "error") {
       // 'close' at once, so that no query is queued on the dead socket.
       over = true;
@@ -132,7 +190,8 @@ export function resilientSocketOptions<
 >(
   url: string,
   connection: C,
-): { socket?: typeof resilientSocket; connection: C } {
+  onFarewell?: (farewell: Farewell) => void,
+): { socket?: (options: DriverOptions) => net.Socket; connection: C } {
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -149,5 +208,8 @@ export function resilientSocketOptions<
     parsed.searchParams.get("ssl") ?? sslEnv ?? null;
   const tls = sslmode !== null && !["disable", "false"].includes(sslmode);
   if (tls || parsed.host.includes(",")) return { connection };
-  return { socket: resilientSocket, connection: { ...connection, ...PAD } };
+  return {
+    socket: (options) => resilientSocket(options, onFarewell),
+    connection: { ...connection, ...PAD },
+  };
 }

@@ -99,7 +99,7 @@ export interface Statements {
    * (only the caller's ids can be stored already). One row: `previous` (the
    * version read), `position` (the last inserted global position, null when
    * nothing was inserted), and where the stream holds any of the ids:
-   * `storedids`, `storedversions` (null when none) and `storedposition`
+   * `storedids`, `storedversions` (JSON arrays, null when none) and `storedposition`
    * (the position of the highest of them); `ahead`, true when stored
    * positions lie beyond this cluster's transaction ids (a restore into
    * another cluster, before `migrate()`), and nothing was inserted. Two
@@ -302,8 +302,10 @@ function appendWith(
     )
     SELECT current.version AS previous,
            (SELECT max(global_position) FROM appended) AS position,
-           (SELECT array_agg(id ORDER BY version) FROM stored) AS storedids,
-           (SELECT array_agg(version ORDER BY version) FROM stored)
+           -- JSON, not arrays: the store's pools do not fetch the server's
+           -- array types (connection.ts), and JSON needs none.
+           (SELECT json_agg(id ORDER BY version) FROM stored) AS storedids,
+           (SELECT json_agg(version ORDER BY version) FROM stored)
              AS storedversions,
            (SELECT max(global_position) FROM stored) AS storedposition,
            current.ahead AS ahead

@@ -79,6 +79,7 @@ import {
   endPool,
   openPool,
   ownedPools,
+  poolEventsOf,
   type PostgresEventStoreOptions,
 } from "./connection.ts";
 import { loadAll, loadStream, readStreamVersion } from "./read.ts";
@@ -180,8 +181,7 @@ export class PostgresEventStore implements EventStore {
 
   /**
    * Wraps a postgres.js instance the application already has. Does no I/O;
-   * {@linkcode PostgresEventStore.close} leaves the instance open. The
-   * instance must keep postgres.js's default type fetching (`fetch_types`).
+   * {@linkcode PostgresEventStore.close} leaves the instance open.
    *
    * @param sql The postgres.js instance.
    * @param options The schema, codec, logger and id generator (pool options
@@ -222,6 +222,7 @@ export class PostgresEventStore implements EventStore {
       statements: this.#statements,
       codec: this.#codec,
       responseTimeout: options.responseTimeout,
+      poolEvents: poolEventsOf(this.#sql),
       get prepare() {
         return store.#prepare;
       },
@@ -656,6 +657,7 @@ export class PostgresEventStore implements EventStore {
       ? `${operation} for stream ${JSON.stringify(streamId.slice(0, 200))}`
       : operation;
     let release: (() => void) | undefined;
+    const started = performance.now();
     try {
       release = await this.#slots?.acquire(this.#acquireTimeout, {
         timedOut: () => this.#noConnection(described),
@@ -666,7 +668,10 @@ export class PostgresEventStore implements EventStore {
       }
       return await body(span);
     } catch (error) {
-      const typed = translateError(error, this.#errorContext(described));
+      const typed = translateError(error, {
+        ...this.#errorContext(described),
+        farewell: this.#farewellSince(started),
+      });
       span.recordException(typed);
       span.setStatus({ code: SpanStatusCode.ERROR, message: typed.message });
       span.setAttribute("eventstore.error_code", typed.code);
@@ -694,6 +699,17 @@ export class PostgresEventStore implements EventStore {
       max: this.#slots?.size,
     });
     return new StoreUnavailableError(message);
+  }
+
+  /**
+   * What a server said before closing one of the pool's connections since
+   * `since` (`performance.now()`), if the store's socket heard it.
+   */
+  #farewellSince(since: number): ErrorContext["farewell"] {
+    const farewell = this.#context.poolEvents?.farewell;
+    return farewell !== undefined && farewell.at >= since
+      ? farewell.error
+      : undefined;
   }
 
   #errorContext(operation: string): ErrorContext {
