@@ -34,31 +34,53 @@ export class Slots {
    *
    * @param timeoutMs How long to wait at most; no limit when `undefined`.
    * @param errors Make the error to reject with when the wait is over, or
-   *   when {@linkcode Slots.close} ends it.
+   *   when {@linkcode Slots.close} ends it, or when `signal` aborts it.
+   * @param signal Ends the wait, if it aborts first.
    * @returns Gives the slot back; calling it again does nothing.
    */
   acquire(
     timeoutMs: number | undefined,
-    errors: { timedOut: () => unknown; closed: () => unknown },
+    errors: {
+      timedOut: () => unknown;
+      closed: () => unknown;
+      aborted?: () => unknown;
+    },
+    signal?: AbortSignal,
   ): Promise<() => void> {
+    if (signal?.aborted) {
+      return Promise.reject((errors.aborted ?? errors.closed)());
+    }
     if (this.#free > 0) {
       this.#free--;
       return Promise.resolve(this.#releaser());
     }
     return new Promise((resolve, reject) => {
+      const leave = () => {
+        const index = this.#waiting.indexOf(waiter);
+        if (index !== -1) this.#waiting.splice(index, 1);
+        clearTimeout(waiter.timer);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        leave();
+        reject((errors.aborted ?? errors.closed)());
+      };
       const waiter: Waiter = {
-        resolve,
+        resolve: (release) => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve(release);
+        },
         reject,
         closed: errors.closed,
         timer: undefined,
       };
       if (timeoutMs !== undefined) {
         waiter.timer = setTimeout(() => {
-          const index = this.#waiting.indexOf(waiter);
-          if (index !== -1) this.#waiting.splice(index, 1);
+          leave();
           reject(errors.timedOut());
         }, timeoutMs);
       }
+      signal?.addEventListener("abort", onAbort, { once: true });
       this.#waiting.push(waiter);
     });
   }
@@ -69,6 +91,11 @@ export class Slots {
       clearTimeout(waiter.timer);
       waiter.reject(waiter.closed());
     }
+  }
+
+  /** How many wait for a slot. */
+  get waiting(): number {
+    return this.#waiting.length;
   }
 
   #releaser(): () => void {

@@ -169,7 +169,9 @@ export async function runProjectionLoop<D>(
     });
     if (batch.length > 0) {
       const last = batch[batch.length - 1].globalPosition;
-      position = await storage.handle(batch, handler, position, last)
+      const handled = await storage.handle(batch, handler, position, last);
+      if (signal?.aborted) return;
+      position = handled
         ? last
         : await storage.position(); // reset, or handled by another runner
       continue;

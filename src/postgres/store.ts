@@ -105,6 +105,9 @@ export type { PostgresEventStoreOptions } from "./connection.ts";
 
 const TRACER_NAME = "@deno-eventstore/core";
 
+/** Why a projection's wait for a batch's turn ended: its signal aborted. */
+const ABORTED = Symbol("aborted");
+
 /**
  * An {@linkcode EventStore} on PostgreSQL.
  *
@@ -170,6 +173,14 @@ export class PostgresEventStore implements EventStore {
   readonly #context: AppendContext & BatchContext;
   /** One per connection of a pool this store opened; none for the application's. */
   readonly #slots: Slots | undefined;
+  /**
+   * Projection batches that may run at once: one fewer than the pool's
+   * connections (at least one). A batch holds a connection for its
+   * transaction while its handler runs, and a handler may call the store
+   * (a saga appends): with every connection held by a batch, those calls
+   * found none and the store froze. So one is always left for the rest.
+   */
+  readonly #batches: Slots;
   readonly #acquireTimeout: number | undefined;
   readonly #options: PostgresEventStoreOptions;
   /** How the connections reach PostgreSQL; learnt before the first statement. */
@@ -203,6 +214,9 @@ export class PostgresEventStore implements EventStore {
     this.#slots = ownedPools.has(sql)
       ? new Slots(options.max ?? DEFAULT_POOL_SIZE)
       : undefined;
+    const poolSize = this.#slots?.size ?? asPostgres(sql).options?.max ??
+      DEFAULT_POOL_SIZE;
+    this.#batches = new Slots(Math.max(1, poolSize - 1));
     this.#acquireTimeout = options.acquireTimeout;
     this.#options = options;
     this.#sql = asPostgres(sql);
@@ -433,12 +447,40 @@ export class PostgresEventStore implements EventStore {
   ): Promise<void> {
     if (this.#closed) throw new StoreClosedError("run a projection");
     const checked = checkName(name, "name");
+    const signal = options?.signal instanceof AbortSignal
+      ? options.signal
+      : undefined;
     await runProjectionLoop<D>(
       {
         read: (read) => this.readAll<D>(read),
         position: () => this.projectionPosition(checked),
-        handle: (events, handle, from, to) =>
-          handleBatch(this.#context, checked, events, handle, from, to),
+        handle: async (events, handle, from, to) => {
+          // In line for a batch's turn, without holding a connection; an
+          // abort ends the wait (the loop then stops).
+          let release: () => void;
+          try {
+            release = await this.#batches.acquire(undefined, {
+              timedOut: () => new StoreClosedError("run a projection"),
+              closed: () => new StoreClosedError("run a projection"),
+              aborted: () => ABORTED,
+            }, signal);
+          } catch (error) {
+            if (error === ABORTED) return false;
+            throw error;
+          }
+          try {
+            return await handleBatch(
+              this.#context,
+              checked,
+              events,
+              handle,
+              from,
+              to,
+            );
+          } finally {
+            release();
+          }
+        },
       },
       handler,
       this.#wakeups,
@@ -522,6 +564,7 @@ export class PostgresEventStore implements EventStore {
     if (this.#closed) return;
     this.#closed = true;
     this.#slots?.close(); // operations waiting for a connection: closed
+    this.#batches.close(); // projections waiting for a batch's turn too
     this.#wakeups.wake(); // subscribers read again, and learn it is closed
     await this.#notifier.close();
     if (ownedPools.has(this.#sql)) {
