@@ -171,9 +171,7 @@ export async function runProjectionLoop<D>(
       const last = batch[batch.length - 1].globalPosition;
       const handled = await storage.handle(batch, handler, position, last);
       if (signal?.aborted) return;
-      position = handled
-        ? last
-        : await storage.position(); // reset, or handled by another runner
+      position = handled ? last : await storage.position(); // reset, or handled by another runner
       continue;
     }
     await wakeups.wait(pollMs, signal, seen);

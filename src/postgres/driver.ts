@@ -181,6 +181,49 @@ const UNAVAILABLE_SQLSTATES = new Map([
 ]);
 
 /**
+ * SQLSTATE 25006, read_only_sql_transaction: what a hot standby (in
+ * recovery, every transaction is read-only) and a server with
+ * `default_transaction_read_only` on answer to a write.
+ */
+const READ_ONLY_SQLSTATE = "25006";
+
+/** Why a read-only server refuses, and where to go instead. */
+const READ_ONLY_REASON =
+  "the server is read-only (a hot standby in recovery, or default_transaction_read_only on): appends, snapshots and projections need the primary";
+
+/**
+ * The store's own finding that the server is read-only, made before it
+ * runs anything that a read-only server would refuse only afterwards (a
+ * projection's handler). {@linkcode translateError} types it as it types
+ * the server's own 25006; the message says what showed it.
+ */
+export class ReadOnlyServer extends Error {
+  /** The SQLSTATE the server would have answered with. */
+  readonly code = READ_ONLY_SQLSTATE;
+}
+
+/**
+ * Throws {@linkcode ReadOnlyServer} when a row of the store's read-only
+ * check (`in_recovery`, `read_only`: see `Statements.readOnly`) says the
+ * server is read-only.
+ *
+ * @throws {ReadOnlyServer} The server is in recovery, or the transaction
+ *   is read-only.
+ */
+export function refuseReadOnly(
+  row: Record<string, unknown> | undefined,
+): void {
+  if (row?.in_recovery === true) {
+    throw new ReadOnlyServer(
+      "pg_is_in_recovery() is true: the server is a hot standby",
+    );
+  }
+  if (row?.read_only === true) {
+    throw new ReadOnlyServer("transaction_read_only is on");
+  }
+}
+
+/**
  * SQLSTATEs of a table, schema or function of the store that is not there:
  * migrations never ran, or not the latest ones (42883: `reset_projection`).
  */
@@ -261,6 +304,16 @@ export function translateError(
     context.password,
   );
   const where = `${context.operation} (${context.server})`;
+  if (
+    error instanceof ReadOnlyServer ||
+    (isServerError(error) && error.code === READ_ONLY_SQLSTATE)
+  ) {
+    // Unavailable, not wrong: the same call succeeds on the primary.
+    return new StoreUnavailableError(
+      `Cannot ${where}: ${READ_ONLY_REASON} (${READ_ONLY_SQLSTATE}: ${detail})`,
+      { cause: error, sqlState: READ_ONLY_SQLSTATE },
+    );
+  }
   if (isServerError(error)) {
     const sqlState = error.code;
     if (MISSING_SCHEMA_SQLSTATES.has(sqlState)) {

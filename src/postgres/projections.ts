@@ -7,7 +7,11 @@
 
 import type { Attributes, Span } from "@opentelemetry/api";
 import type { ProjectionHandler, RecordedEvent } from "../event_store.ts";
-import { isConnectionError, type PostgresSql } from "./driver.ts";
+import {
+  isConnectionError,
+  type PostgresSql,
+  refuseReadOnly,
+} from "./driver.ts";
 import type { Statements } from "./statements.ts";
 import { answer, type QueryContext, read } from "./read.ts";
 import type { PoolEvents } from "./connection.ts";
@@ -77,9 +81,14 @@ export function handleBatch<D>(
         }
         // One batch of a name at a time, in any process; then check that
         // nobody moved the checkpoint meanwhile (a reset, another runner).
-        await transaction.unsafe(statements.lockProjection, [name], {
-          prepare: context.prepare,
-        });
+        const [lock] = await transaction.unsafe(
+          statements.lockProjection,
+          [name],
+          { prepare: context.prepare },
+        );
+        // A server that turned read-only since the start: refused before
+        // the handler, whose effects outside this transaction would repeat.
+        refuseReadOnly(lock);
         const [saved] = await transaction.unsafe(
           statements.projectionPosition,
           [name],
@@ -144,6 +153,24 @@ export async function resetPosition(
         }),
     ),
   );
+}
+
+/**
+ * Refuses a read-only server (a hot standby, or `default_transaction_read_only`
+ * on) before a projection's first read: there, every batch would run its
+ * handler and only then fail to save its checkpoint.
+ *
+ * @throws {ReadOnlyServer} The server is read-only, for the caller to type.
+ */
+export async function checkWritable(context: QueryContext): Promise<void> {
+  const [row] = await read(
+    context,
+    () =>
+      context.sql.unsafe(context.statements.readOnly, [], {
+        prepare: context.prepare,
+      }),
+  );
+  refuseReadOnly(row);
 }
 
 /** What `sql.begin` puts after BEGIN: the isolation the store's transactions need. */

@@ -138,8 +138,19 @@ export interface Statements {
    * (under the same lock), through the function of migration 005.
    */
   resetProjection: string;
-  /** `$1` projection name: a transaction lock, one batch of a name at a time. */
+  /**
+   * `$1` projection name: a transaction lock, one batch of a name at a
+   * time. One row, with `in_recovery` and `read_only` as in `readOnly`:
+   * the batch's own transaction says whether it could commit, before the
+   * handler runs.
+   */
   lockProjection: string;
+  /**
+   * No parameters. One row: `in_recovery` (a hot standby) and `read_only`
+   * (this transaction's `transaction_read_only`, which follows
+   * `default_transaction_read_only`), booleans.
+   */
+  readOnly: string;
   /** `$1` stream id; one row with `version`. */
   streamVersion: string;
   /**
@@ -151,6 +162,14 @@ export interface Statements {
   /** `$1` stream id; zero or one row. */
   loadSnapshot: string;
 }
+
+/**
+ * Whether the server would refuse a write, as `in_recovery` and
+ * `read_only`: a standby's transactions are read-only too, but saying which
+ * of the two it is tells the reader what to change.
+ */
+const READ_ONLY_COLUMNS = `pg_is_in_recovery() AS in_recovery,
+        current_setting('transaction_read_only')::boolean AS read_only`;
 
 /**
  * Writes the statements for one schema.
@@ -214,7 +233,9 @@ export function statementsFor(schema: string): Statements {
     resetProjection: `SELECT ${schema}.reset_projection($1)`,
     lockProjection: `
       SELECT pg_advisory_xact_lock(hashtextextended(
-        'deno-eventstore projection ${schema.slice(1, -1)} ' || $1, 0))`,
+        'deno-eventstore projection ${schema.slice(1, -1)} ' || $1, 0)),
+        ${READ_ONLY_COLUMNS}`,
+    readOnly: `SELECT ${READ_ONLY_COLUMNS}`,
     streamVersion: `
       SELECT coalesce(max(version), 0) AS version
       FROM ${events} WHERE stream_id = $1`,

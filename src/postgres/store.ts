@@ -96,6 +96,7 @@ import {
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
 import {
   type BatchContext,
+  checkWritable,
   handleBatch,
   readPosition,
   resetPosition,
@@ -120,6 +121,11 @@ const ABORTED = Symbol("aborted");
  * {@linkcode MigrationError}, {@linkcode DatabaseError}) whose messages
  * never hold the password. Each operation is an OpenTelemetry span (a no-op
  * unless the application registers a tracer provider).
+ *
+ * On a read-only server (a hot standby, or `default_transaction_read_only`
+ * on) reads and subscriptions work; appends, snapshots, resets and
+ * projections reject with {@linkcode StoreUnavailableError} (`sqlState`
+ * `25006`), a projection before its handler runs.
  *
  * @example Connect, migrate, append, load and snapshot
  * ```ts ignore
@@ -486,7 +492,13 @@ export class PostgresEventStore implements EventStore {
       this.#wakeups,
       POSTGRES_POLL_MS,
       options,
-      () => this.#notifier.listen(),
+      // A read-only server fails here, before the first batch's handler.
+      () =>
+        this.#run(
+          "run a projection",
+          { "eventstore.projection": checked },
+          () => checkWritable(this.#context),
+        ).then(() => this.#notifier.listen()),
     );
   }
 
