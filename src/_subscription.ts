@@ -13,6 +13,7 @@ import type {
   RecordedEvent,
   SubscribeOptions,
 } from "./event_store.ts";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { InvalidArgumentError } from "./errors.ts";
 import { checkReadAllOptions, checkVersion } from "./_input.ts";
 
@@ -176,4 +177,40 @@ export async function runProjectionLoop<D>(
     }
     await wakeups.wait(pollMs, signal, seen);
   }
+}
+
+/** The batch whose handler is running, seen from inside that handler. */
+interface HandlerScope {
+  readonly name: string;
+  resetRequested: boolean;
+}
+
+const handlerScope = new AsyncLocalStorage<HandlerScope>();
+
+/**
+ * Runs a projection's handler so that the store can tell, from inside it,
+ * which projection's batch is running (see {@linkcode resetFromHandler}).
+ *
+ * @returns Whether the handler asked to reset its own projection.
+ */
+export async function runHandler(
+  name: string,
+  handle: () => void | Promise<void>,
+): Promise<{ resetRequested: boolean }> {
+  const scope: HandlerScope = { name, resetRequested: false };
+  await handlerScope.run(scope, handle);
+  return scope;
+}
+
+/**
+ * A reset of `name` asked for by that projection's own handler: it cannot
+ * wait for the batch in flight (the batch waits for it), so it is noted,
+ * and the batch, instead of saving its checkpoint, forgets it, together
+ * with the handler's other writes. Returns whether it was noted so.
+ */
+export function resetFromHandler(name: string): boolean {
+  const scope = handlerScope.getStore();
+  if (scope?.name !== name) return false;
+  scope.resetRequested = true;
+  return true;
 }

@@ -20,7 +20,13 @@ import type {
 } from "./event_store.ts";
 import { cborCodec, type Codec } from "./codec.ts";
 import { StoreClosedError } from "./errors.ts";
-import { runProjectionLoop, subscription, Wakeups } from "./_subscription.ts";
+import {
+  resetFromHandler,
+  runHandler,
+  runProjectionLoop,
+  subscription,
+  Wakeups,
+} from "./_subscription.ts";
 
 /** How long a quiet in-memory subscription sleeps between reads. */
 const MEMORY_POLL_MS = 1_000;
@@ -286,9 +292,17 @@ export class InMemoryEventStore implements EventStore {
                 if ((this.#checkpoints.get(checked) ?? 0n) !== from) {
                   return false;
                 }
-                await handle(events, {});
+                const { resetRequested } = await runHandler(
+                  checked,
+                  () => handle(events, {}),
+                );
                 if (this.#closed) {
                   throw new StoreClosedError("run a projection");
+                }
+                if (resetRequested) {
+                  // Its own handler reset it: start over, not from `to`.
+                  this.#checkpoints.delete(checked);
+                  return false;
                 }
                 this.#checkpoints.set(checked, to);
                 return true;
@@ -329,7 +343,7 @@ export class InMemoryEventStore implements EventStore {
     // After any batch in flight, whose save would otherwise undo the reset.
     return this.#run("reset a projection", () => checkName(name, "name"))
       .then((checked) =>
-        this.#exclusive(checked, () => {
+        resetFromHandler(checked) ? undefined : this.#exclusive(checked, () => {
           this.#checkpoints.delete(checked);
           return Promise.resolve();
         })

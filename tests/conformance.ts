@@ -1315,6 +1315,43 @@ const CASES: ConformanceCase[] = [
       await assertInvalid(store.projectionPosition(""), "name");
     },
   },
+  {
+    name:
+      "a handler may call the store, even to reset its own projection: it starts over after that batch",
+    async run(store) {
+      const category = newCategory();
+      const name = `projection-${crypto.randomUUID()}`;
+      await store.appendEvents(`${category}-1`, events(4));
+      const seen: number[] = [];
+      const stop = new AbortController();
+      let resets = 0;
+      await store.runProjection<{ n: number }>(name, async (batch) => {
+        seen.push(...batch.map((event) => event.data.n));
+        // Every other method, from inside the handler.
+        await store.appendEvents(`${category}-seen`, [{
+          type: "Seen",
+          data: { n: batch[0].data.n },
+        }]);
+        await store.loadEvents(`${category}-1`);
+        await store.readAll({ category, maxCount: 1 });
+        await store.streamVersion(`${category}-1`);
+        await store.projectionPosition(name);
+        if (batch.some((event) => event.data.n === 4) && resets === 0) {
+          resets++;
+          await store.resetProjection(name); // would wait for this very batch
+        }
+        if (seen.length === 8) stop.abort();
+      }, {
+        category,
+        batchSize: 2,
+        signal: stop.signal,
+        types: ["Happened"],
+      });
+      // 1-2, 3-4 (reset), then everything again from the start.
+      assert.deepEqual(seen, [1, 2, 3, 4, 1, 2, 3, 4]);
+      assert.equal(resets, 1);
+    },
+  },
 
   {
     name:

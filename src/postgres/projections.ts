@@ -16,6 +16,7 @@ import type { Statements } from "./statements.ts";
 import { answer, type QueryContext, read } from "./read.ts";
 import type { PoolEvents } from "./connection.ts";
 import { inTransaction } from "./transaction.ts";
+import { runHandler } from "../_subscription.ts";
 
 /** What a projection's batch needs of the store. */
 export interface BatchContext {
@@ -97,13 +98,25 @@ export function handleBatch<D>(
         if ((saved === undefined ? 0n : BigInt(saved.position)) !== from) {
           return false;
         }
+        let resetRequested: boolean;
         try {
-          await handler(events, { transaction });
+          ({ resetRequested } = await runHandler(
+            name,
+            () => handler(events, { transaction }),
+          ));
         } catch (error) {
           // The handler's own error comes out unchanged; one of the
           // transaction's lost connection is the store's to type.
           if (!isConnectionError(error)) handlerError = { error };
           throw error;
+        }
+        if (resetRequested) {
+          // Its own handler reset it: forgotten with this batch's commit
+          // (the function takes the lock this transaction holds already).
+          await transaction.unsafe(statements.resetProjection, [name], {
+            prepare: context.prepare,
+          });
+          return false;
         }
         await transaction.unsafe(
           statements.saveProjectionPosition,

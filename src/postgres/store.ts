@@ -67,7 +67,12 @@ import {
   quoteSchema,
   translateError,
 } from "./driver.ts";
-import { runProjectionLoop, subscription, Wakeups } from "../_subscription.ts";
+import {
+  resetFromHandler,
+  runProjectionLoop,
+  subscription,
+  Wakeups,
+} from "../_subscription.ts";
 import { channelFor, type Statements, statementsFor } from "./statements.ts";
 import {
   checkInstance,
@@ -514,6 +519,8 @@ export class PostgresEventStore implements EventStore {
   resetProjection(name: string): Promise<void> {
     return this.#run("reset a projection", {}, async () => {
       const checked = checkName(name, "name");
+      // From its own handler: done by the batch (it holds the lock).
+      if (resetFromHandler(checked)) return;
       await resetPosition(this.#context, checked);
     });
   }
