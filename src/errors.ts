@@ -305,7 +305,8 @@ export class StoreClosedError extends EventStoreError {
 /**
  * Thrown when the database cannot be reached or stops answering: the
  * connection was refused, timed out, or was closed, the server is shutting
- * down or has no free connection slots, or a statement ran past its timeout.
+ * down or has no free connection slots, a statement ran past its timeout, or
+ * a lock stayed held elsewhere past `lock_timeout` (`sqlState` `55P03`).
  * The driver's error is kept as `cause`; the message never holds a password.
  * Whether an interrupted append was stored is unknown: read the stream (or
  * retry with the same event ids) before deciding again.

@@ -26,6 +26,15 @@ const LOST_CONNECTION_RESENDS = 2;
 /** Appends that lose a race for `"any"` retry at most this often. */
 const MAX_APPEND_ATTEMPTS = 100;
 
+/**
+ * How long lock timeouts may keep finding the stream's version unchanged
+ * (milliseconds, and at least two of them in a row) before an append stops
+ * waiting: with no commit on the stream for that long, the lock is not a
+ * racing append's, whose commit is about to end, but held by something
+ * else (a `CREATE INDEX`, a long transaction).
+ */
+const LOCK_STALL_LIMIT_MS = 1_000;
+
 /** What an append needs of the store: its statements, and who to tell. */
 export interface AppendContext extends QueryContext {
   /** Tells subscribers that an append committed. */
@@ -37,7 +46,11 @@ export interface AppendContext extends QueryContext {
  * {@linkcode EventStore.appendEvents} says, setting the span's version.
  *
  * @throws {ConcurrencyConflictError} `expected` does not hold.
- * @throws The driver's error otherwise, for the caller to type.
+ * @throws {MigrationError} Stored positions lie beyond this cluster's
+ *   transaction ids.
+ * @throws The driver's error otherwise, for the caller to type: among them
+ *   a lock timeout (55P03) that outlasted the retries, with the version as
+ *   expected.
  */
 export async function append(
   context: AppendContext,
@@ -72,7 +85,15 @@ export async function append(
   // tell).
   let lookForIds = hasCallerIds;
   let lostConnections = 0;
+  // The stream's version at the last lock timeout, since when lock
+  // timeouts have found it so, and how many.
+  let versionAtLockTimeout: number | undefined;
+  let stalledSince = 0;
+  let stalledLockTimeouts = 0;
+  // The longest back-off between retries, raised after a lock timeout.
+  let backOffLimit = BACK_OFF_LIMIT_MS;
   for (let attempt = 1;; attempt++) {
+    const started = performance.now();
     try {
       const [row] = single
         ? await answer(
@@ -155,6 +176,51 @@ export async function append(
         );
         continue;
       }
+      if (isLockTimeout(error)) {
+        // The insert waited on a key (or the table) locked by another
+        // transaction for longer than the operator's lock_timeout (55P03).
+        // Under racing appends that is a racer's commit, not yet done: a
+        // race, whose outcome the stream's version tells.
+        const version = await readStreamVersion(context, streamId);
+        if (version === versionAtLockTimeout) {
+          stalledLockTimeouts++;
+        } else {
+          versionAtLockTimeout = version;
+          stalledSince = started;
+          stalledLockTimeouts = 0;
+        }
+        const stalled = stalledLockTimeouts > 0 &&
+          performance.now() - stalledSince >= LOCK_STALL_LIMIT_MS;
+        // Commits take about as long as this wait (or longer): retrying
+        // every few milliseconds after the next lost race would spend the
+        // attempts long before 20 racers are through.
+        backOffLimit = Math.min(
+          MAX_BACK_OFF_LIMIT_MS,
+          Math.max(backOffLimit, performance.now() - started),
+        );
+        const moved = exactVersion !== null && version !== exactVersion;
+        // With the caller's ids the mover may be this very append, sent
+        // before: only the statement run again tells.
+        if (moved && !lookForIds) {
+          throw conflict(context.log, streamId, expected, version, error);
+        }
+        if (!stalled && attempt < MAX_APPEND_ATTEMPTS) {
+          context.log("debug", "Retrying an append after a lock timeout", {
+            streamId,
+            attempt,
+            version,
+          });
+          // No back-off: the attempt has just waited a whole lock_timeout.
+          continue;
+        }
+        if (moved) {
+          throw conflict(context.log, streamId, expected, version, error);
+        }
+        // Nothing commits on the stream, yet the lock stays: the store
+        // cannot serve now (typed by the caller as StoreUnavailableError,
+        // with 55P03 and the server's message).
+        throw error;
+      }
       const retry = retryAfter(error, expected, lookForIds);
       if (retry === "never") throw error;
       if (retry === "retry" && attempt < MAX_APPEND_ATTEMPTS) {
@@ -163,7 +229,7 @@ export async function append(
           attempt,
           reason: isServerError(error) ? error.code : "unknown",
         });
-        await backOff(attempt);
+        await backOff(attempt, backOffLimit);
         continue;
       }
       throw conflict(
@@ -244,15 +310,29 @@ function retryAfter(
     : "conflict";
 }
 
+/** The longest wait between two attempts, unless commits are slow. */
+const BACK_OFF_LIMIT_MS = 50;
+
+/** The longest wait between two attempts even when commits are slow. */
+const MAX_BACK_OFF_LIMIT_MS = 1_000;
+
 /**
  * Waits before a retry: not at all for the first ones (a lost race is
- * usually over by then), then a random few milliseconds, growing, so that
- * many writers on one stream stop colliding in lockstep.
+ * usually over by then), then a random few milliseconds, growing up to
+ * `limit`, so that many writers on one stream stop colliding in lockstep.
  */
-async function backOff(attempt: number): Promise<void> {
+async function backOff(attempt: number, limit: number): Promise<void> {
   if (attempt < 3) return;
-  const ms = Math.random() * Math.min(50, 2 ** (attempt - 2));
+  const ms = Math.random() * Math.min(limit, 2 ** (attempt - 2));
   await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Whether the server gave up waiting for a lock (SQLSTATE 55P03,
+ * `lock_not_available`): `lock_timeout` ran out.
+ */
+function isLockTimeout(error: unknown): boolean {
+  return isServerError(error) && error.code === "55P03";
 }
 
 /**
