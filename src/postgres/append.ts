@@ -8,7 +8,11 @@
 
 import type { Span } from "@opentelemetry/api";
 import type { AppendResult, ExpectedVersion } from "../event_store.ts";
-import { ConcurrencyConflictError, MigrationError } from "../errors.ts";
+import {
+  ConcurrencyConflictError,
+  MigrationError,
+  PositionsExhaustedError,
+} from "../errors.ts";
 import type { PreparedEvent } from "../_input.ts";
 import { repeatedAppend } from "../expected_version.ts";
 import { constraintOf, isLostConnection, isServerError } from "./driver.ts";
@@ -48,6 +52,7 @@ export interface AppendContext extends QueryContext {
  * @throws {ConcurrencyConflictError} `expected` does not hold.
  * @throws {MigrationError} Stored positions lie beyond this cluster's
  *   transaction ids.
+ * @throws {PositionsExhaustedError} No global position is left.
  * @throws The driver's error otherwise, for the caller to type: among them
  *   a lock timeout (55P03) that outlasted the retries, with the version as
  *   expected.
@@ -122,6 +127,7 @@ export async function append(
             lookForIds,
           ], { prepare: context.prepare }),
         );
+      if (row.exhausted) throw positionsExhausted(context, streamId);
       if (row.ahead) throw positionsAhead(context, streamId);
       if (row.storedids !== null) {
         const repeated = repeatedAppend(
@@ -261,6 +267,20 @@ function positionsAhead(
       JSON.stringify(streamId.slice(0, 200))
     }: the stored global positions lie beyond this server's transaction ids, as after a restore into another cluster; run migrate() (deno task migrate) once to realign them (stored positions are kept); nothing was written`,
   );
+}
+
+/**
+ * The error of an append refused because its transaction's positions would
+ * pass the largest bigint and wrap to negative numbers: nothing was written.
+ */
+function positionsExhausted(
+  context: AppendContext,
+  streamId: string,
+): PositionsExhaustedError {
+  context.log("error", "Append refused: global positions are exhausted", {
+    streamId,
+  });
+  return new PositionsExhaustedError(streamId);
 }
 
 /** The conflict error of an append refused, logged. */
