@@ -69,6 +69,7 @@ export {
   type EventStoreErrorCode,
   InvalidArgumentError,
   MigrationError,
+  PositionsExhaustedError,
   StoreClosedError,
   StoreUnavailableError,
   UnsupportedServerError,

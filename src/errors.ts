@@ -20,7 +20,8 @@ export type EventStoreErrorCode =
   | "unavailable"
   | "migration"
   | "database"
-  | "unsupported_server";
+  | "unsupported_server"
+  | "positions_exhausted";
 
 /**
  * The base class of every error this module throws on purpose.
@@ -305,7 +306,8 @@ export class StoreClosedError extends EventStoreError {
 /**
  * Thrown when the database cannot be reached or stops answering: the
  * connection was refused, timed out, or was closed, the server is shutting
- * down or has no free connection slots, or a statement ran past its timeout.
+ * down or has no free connection slots, a statement ran past its timeout, or
+ * a lock stayed held elsewhere past `lock_timeout` (`sqlState` `55P03`).
  * The driver's error is kept as `cause`; the message never holds a password.
  * Whether an interrupted append was stored is unknown: read the stream (or
  * retry with the same event ids) before deciding again.
@@ -374,6 +376,53 @@ export class UnsupportedServerError extends EventStoreError {
   constructor(message: string, options?: ErrorOptions) {
     super("unsupported_server", message, options);
     this.name = "UnsupportedServerError";
+  }
+}
+
+/**
+ * Thrown when an append is refused because the store has no global position
+ * left to give it. A PostgreSQL position is `(transaction id + offset) << 20`
+ * plus the event's index in a signed 64-bit integer: once a transaction id
+ * plus the offset of `realign_positions()` reaches 2^43 (8,796,093,022,208),
+ * its positions would pass 2^63 − 1 and wrap to negative numbers, so the
+ * append writes nothing and throws this instead. Every stored event stays
+ * readable. The way on is a fresh store: copy the events into it in
+ * `readAll` order (they get new positions) and restart consumers from its
+ * start (docs/database-setup.md, section 8).
+ *
+ * @example Branch on the code
+ * ```ts
+ * import { PositionsExhaustedError } from "@deno-eventstore/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new PositionsExhaustedError("order-1");
+ * assert.equal(error.code, "positions_exhausted");
+ * assert.equal(error.streamId, "order-1");
+ * assert.match(error.message, /nothing was written/);
+ * ```
+ */
+export class PositionsExhaustedError extends EventStoreError {
+  /** Always `"positions_exhausted"`. */
+  declare readonly code: "positions_exhausted";
+  /** The stream the refused append targeted. */
+  readonly streamId: string;
+
+  /**
+   * Creates the error of an append refused for want of positions.
+   *
+   * @param streamId The stream the append targeted.
+   * @param options `cause` keeps the underlying error, if any.
+   */
+  constructor(streamId: string, options?: ErrorOptions) {
+    super(
+      "positions_exhausted",
+      `Cannot append to stream ${
+        quote(streamId)
+      }: the store's global positions are exhausted (transaction id + position offset reached 2^43, past which a position would exceed 2^63 - 1); nothing was written, and every stored event stays readable. Copy the events into a fresh store (see docs/database-setup.md, "The end of global positions")`,
+      options,
+    );
+    this.name = "PositionsExhaustedError";
+    this.streamId = streamId;
   }
 }
 

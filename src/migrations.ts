@@ -72,6 +72,7 @@ export const BUNDLED_MIGRATIONS: readonly string[] = [
   "005_create_reset_projection_function.sql",
   "006_index_event_ids_per_stream.sql",
   "007_position_offset.sql",
+  "008_position_limit.sql",
 ];
 
 /**

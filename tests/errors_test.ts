@@ -4,6 +4,7 @@ import {
   EncodingError,
   EventStoreError,
   InvalidArgumentError,
+  PositionsExhaustedError,
   StoreClosedError,
 } from "../mod.ts";
 
@@ -28,6 +29,11 @@ Deno.test("errors: each has its code, its name and the base class", () => {
       "EncodingError",
     ],
     [new StoreClosedError("load events"), "store_closed", "StoreClosedError"],
+    [
+      new PositionsExhaustedError("order-1"),
+      "positions_exhausted",
+      "PositionsExhaustedError",
+    ],
   ];
   for (const [error, code, name] of errors) {
     assert.ok(error instanceof EventStoreError);
@@ -99,4 +105,15 @@ Deno.test("errors: invalid arguments name the field", () => {
     error.message,
     "Invalid argument events[2].metadata.tags: must be a finite number, got NaN",
   );
+});
+
+Deno.test("errors: the end of global positions says what happened and what to do", () => {
+  const error = new PositionsExhaustedError("order-1");
+  assert.equal(error.streamId, "order-1");
+  assert.match(error.message, /^Cannot append to stream "order-1": /);
+  assert.match(error.message, /2\^43/);
+  assert.match(error.message, /2\^63 - 1/);
+  assert.match(error.message, /nothing was written/);
+  assert.match(error.message, /fresh store/);
+  assert.match(error.message, /docs\/database-setup\.md/);
 });

@@ -88,6 +88,13 @@ Deno.test("postgres errors: each kind of failure gets its typed error, with the 
       /timed out/,
     ],
     [
+      // lock_timeout, an operator's setting: a lock held elsewhere for
+      // longer, "cannot serve now" (an append retries its races first).
+      serverError("55P03", "canceling statement due to lock timeout"),
+      StoreUnavailableError,
+      /lock_timeout \(55P03: canceling statement due to lock timeout\)/,
+    ],
+    [
       serverError("42P01", 'relation "public.events" does not exist'),
       MigrationError,
       /run the migrations first/,

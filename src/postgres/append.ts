@@ -8,7 +8,11 @@
 
 import type { Span } from "@opentelemetry/api";
 import type { AppendResult, ExpectedVersion } from "../event_store.ts";
-import { ConcurrencyConflictError, MigrationError } from "../errors.ts";
+import {
+  ConcurrencyConflictError,
+  MigrationError,
+  PositionsExhaustedError,
+} from "../errors.ts";
 import type { PreparedEvent } from "../_input.ts";
 import { repeatedAppend } from "../expected_version.ts";
 import {
@@ -31,6 +35,15 @@ const LOST_CONNECTION_RESENDS = 2;
 /** Appends that lose a race for `"any"` retry at most this often. */
 const MAX_APPEND_ATTEMPTS = 100;
 
+/**
+ * How long lock timeouts may keep finding the stream's version unchanged
+ * (milliseconds, and at least two of them in a row) before an append stops
+ * waiting: with no commit on the stream for that long, the lock is not a
+ * racing append's, whose commit is about to end, but held by something
+ * else (a `CREATE INDEX`, a long transaction).
+ */
+const LOCK_STALL_LIMIT_MS = 1_000;
+
 /** What an append needs of the store: its statements, and who to tell. */
 export interface AppendContext extends QueryContext {
   /** Tells subscribers that an append committed. */
@@ -42,7 +55,12 @@ export interface AppendContext extends QueryContext {
  * {@linkcode EventStore.appendEvents} says, setting the span's version.
  *
  * @throws {ConcurrencyConflictError} `expected` does not hold.
- * @throws The driver's error otherwise, for the caller to type.
+ * @throws {MigrationError} Stored positions lie beyond this cluster's
+ *   transaction ids.
+ * @throws {PositionsExhaustedError} No global position is left.
+ * @throws The driver's error otherwise, for the caller to type: among them
+ *   a lock timeout (55P03) that outlasted the retries, with the version as
+ *   expected.
  */
 export async function append(
   context: AppendContext,
@@ -81,7 +99,15 @@ export async function append(
   // error: a restart, a pooler's timeout), kept for the caller when a
   // resend then fails with only the socket's word for it.
   let firstLoss: unknown;
+  // The stream's version at the last lock timeout, since when lock
+  // timeouts have found it so, and how many.
+  let versionAtLockTimeout: number | undefined;
+  let stalledSince = 0;
+  let stalledLockTimeouts = 0;
+  // The longest back-off between retries, raised after a lock timeout.
+  let backOffLimit = BACK_OFF_LIMIT_MS;
   for (let attempt = 1;; attempt++) {
+    const started = performance.now();
     try {
       const [row] = single
         ? await answer(
@@ -110,6 +136,7 @@ export async function append(
             lookForIds,
           ], { prepare: context.prepare }),
         );
+      if (row.exhausted) throw positionsExhausted(context, streamId);
       if (row.ahead) throw positionsAhead(context, streamId);
       if (row.storedids !== null) {
         const storedVersions = fromJson<number[]>(row.storedversions);
@@ -166,6 +193,51 @@ export async function append(
         );
         continue;
       }
+      if (isLockTimeout(error)) {
+        // The insert waited on a key (or the table) locked by another
+        // transaction for longer than the operator's lock_timeout (55P03).
+        // Under racing appends that is a racer's commit, not yet done: a
+        // race, whose outcome the stream's version tells.
+        const version = await readStreamVersion(context, streamId);
+        if (version === versionAtLockTimeout) {
+          stalledLockTimeouts++;
+        } else {
+          versionAtLockTimeout = version;
+          stalledSince = started;
+          stalledLockTimeouts = 0;
+        }
+        const stalled = stalledLockTimeouts > 0 &&
+          performance.now() - stalledSince >= LOCK_STALL_LIMIT_MS;
+        // Commits take about as long as this wait (or longer): retrying
+        // every few milliseconds after the next lost race would spend the
+        // attempts long before 20 racers are through.
+        backOffLimit = Math.min(
+          MAX_BACK_OFF_LIMIT_MS,
+          Math.max(backOffLimit, performance.now() - started),
+        );
+        const moved = exactVersion !== null && version !== exactVersion;
+        // With the caller's ids the mover may be this very append, sent
+        // before: only the statement run again tells.
+        if (moved && !lookForIds) {
+          throw conflict(context.log, streamId, expected, version, error);
+        }
+        if (!stalled && attempt < MAX_APPEND_ATTEMPTS) {
+          context.log("debug", "Retrying an append after a lock timeout", {
+            streamId,
+            attempt,
+            version,
+          });
+          // No back-off: the attempt has just waited a whole lock_timeout.
+          continue;
+        }
+        if (moved) {
+          throw conflict(context.log, streamId, expected, version, error);
+        }
+        // Nothing commits on the stream, yet the lock stays: the store
+        // cannot serve now (typed by the caller as StoreUnavailableError,
+        // with 55P03 and the server's message).
+        throw error;
+      }
       const retry = retryAfter(error, expected, lookForIds);
       if (retry === "never") {
         throw isServerError(firstLoss) && !isServerError(error) &&
@@ -179,7 +251,7 @@ export async function append(
           attempt,
           reason: isServerError(error) ? error.code : "unknown",
         });
-        await backOff(attempt);
+        await backOff(attempt, backOffLimit);
         continue;
       }
       throw conflict(
@@ -211,6 +283,20 @@ function positionsAhead(
       JSON.stringify(streamId.slice(0, 200))
     }: the stored global positions lie beyond this server's transaction ids, as after a restore into another cluster; run migrate() (deno task migrate) once to realign them (stored positions are kept); nothing was written`,
   );
+}
+
+/**
+ * The error of an append refused because its transaction's positions would
+ * pass the largest bigint and wrap to negative numbers: nothing was written.
+ */
+function positionsExhausted(
+  context: AppendContext,
+  streamId: string,
+): PositionsExhaustedError {
+  context.log("error", "Append refused: global positions are exhausted", {
+    streamId,
+  });
+  return new PositionsExhaustedError(streamId);
 }
 
 /** The conflict error of an append refused, logged. */
@@ -260,14 +346,20 @@ function retryAfter(
     : "conflict";
 }
 
+/** The longest wait between two attempts, unless commits are slow. */
+const BACK_OFF_LIMIT_MS = 50;
+
+/** The longest wait between two attempts even when commits are slow. */
+const MAX_BACK_OFF_LIMIT_MS = 1_000;
+
 /**
  * Waits before a retry: not at all for the first ones (a lost race is
- * usually over by then), then a random few milliseconds, growing, so that
- * many writers on one stream stop colliding in lockstep.
+ * usually over by then), then a random few milliseconds, growing up to
+ * `limit`, so that many writers on one stream stop colliding in lockstep.
  */
-async function backOff(attempt: number): Promise<void> {
+async function backOff(attempt: number, limit: number): Promise<void> {
   if (attempt < 3) return;
-  const ms = Math.random() * Math.min(50, 2 ** (attempt - 2));
+  const ms = Math.random() * Math.min(limit, 2 ** (attempt - 2));
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
@@ -277,6 +369,14 @@ async function backOff(attempt: number): Promise<void> {
  */
 function fromJson<T>(value: unknown): T {
   return (typeof value === "string" ? JSON.parse(value) : value) as T;
+}
+
+/**
+ * Whether the server gave up waiting for a lock (SQLSTATE 55P03,
+ * `lock_not_available`): `lock_timeout` ran out.
+ */
+function isLockTimeout(error: unknown): boolean {
+  return isServerError(error) && error.code === "55P03";
 }
 
 /**

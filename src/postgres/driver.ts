@@ -175,6 +175,10 @@ const UNAVAILABLE_SQLSTATES = new Map([
     "57P05",
     "the server ended the session: it sat idle longer than idle_session_timeout",
   ],
+  // lock_timeout is the operator's: a lock held elsewhere for longer (a DDL,
+  // a long transaction) is a wait to end, not a wrong request. An append
+  // retries its own races (a racer's uncommitted key) before it gets here.
+  ["55P03", "a lock it needed was held elsewhere for longer than lock_timeout"],
   ["28P01", "authentication failed"],
   ["28000", "authentication failed"],
   ["3D000", "the database does not exist"],

@@ -86,6 +86,14 @@ const MAX_IDENTIFIER_BYTES = 63;
  */
 export const POSITIONS_PER_TRANSACTION = 2 ** 20;
 
+/**
+ * The first transaction id plus offset whose positions would not fit: 2^43.
+ * Shifted left by 20 bits it is 2^63, past the largest bigint, and
+ * PostgreSQL's `<<` wraps silently to negative numbers. The positions of
+ * `2^43 − 1` run up to exactly 2^63 − 1. Migration 008 knows it too.
+ */
+const POSITIONS_END = "8796093022208";
+
 /** The statements of a store whose tables live in `schema` (quoted). */
 export interface Statements {
   /**
@@ -102,7 +110,9 @@ export interface Statements {
    * `storedids`, `storedversions` (JSON arrays, null when none) and `storedposition`
    * (the position of the highest of them); `ahead`, true when stored
    * positions lie beyond this cluster's transaction ids (a restore into
-   * another cluster, before `migrate()`), and nothing was inserted. Two
+   * another cluster, before `migrate()`), and nothing was inserted;
+   * `exhausted`, true when this transaction's positions would pass the
+   * largest bigint (see `POSITIONS_END`), and nothing was inserted. Two
    * writers that read the same version collide on the primary key (23505).
    */
   append: string;
@@ -121,7 +131,9 @@ export interface Statements {
    * Only positions below (the snapshot's xmin + the offset) << 20 are
    * returned: every transaction with a lower id has ended, so no position
    * below them can still appear; a later one may still be preceded by a
-   * commit.
+   * commit. Once xmin + offset reaches `POSITIONS_END` that bound would
+   * wrap negative; every position that can exist lies below it then, so
+   * the bound becomes the largest bigint, inclusive.
    */
   readAll: string;
   /**
@@ -214,9 +226,12 @@ export function statementsFor(schema: string): Statements {
              metadata::text AS metadata, created_at AS created
       FROM ${events}
       WHERE global_position > $1::bigint
-        AND global_position <
-            ((pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-              + ${schema}.position_offset()) << 20)
+        AND global_position <= (
+          SELECT CASE WHEN horizon < ${POSITIONS_END}
+                      THEN (horizon << 20) - 1
+                      ELSE 9223372036854775807 END
+          FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                         + ${schema}.position_offset() AS horizon) AS snapshot)
         AND ($3::text[] IS NULL OR event_type = ANY ($3::text[]))
         AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
       ORDER BY global_position
@@ -263,8 +278,9 @@ export function statementsFor(schema: string): Statements {
  * The append statement around the rows it inserts: read the stream's
  * version and, when `$8`, the stream's events whose id `idMatch`es one of
  * the batch's; insert `rows` (a SELECT from `current`) only when `$6`/`$7`
- * hold, no id is stored and no stored position is `ahead`; report the
- * version read, the last position inserted, the ids found and `ahead`.
+ * hold, no id is stored, no stored position is `ahead` and positions are
+ * not `exhausted`; report the version read, the last position inserted, the
+ * ids found, `ahead` and `exhausted`.
  *
  * Reading the ids and inserting in one statement is safe under READ
  * COMMITTED: a repeat that runs while the first append is still
@@ -274,16 +290,22 @@ export function statementsFor(schema: string): Statements {
  *
  * `ahead`: whether a stored position lies at or beyond the positions of the
  * snapshot's xmax, which no transaction of this cluster can have written
- * (none with an id that high had started): a database restored into another
- * cluster, whose transaction ids start lower, until `realign_positions()`
- * (migration 007, run by `migrate()`) raises the offset. An append then
- * writes nothing rather than a position below stored ones. One backward
- * probe of `events_global_position_idx`: its last entry.
+ * (none with an id that high had started; and once xmax + offset is past
+ * `POSITIONS_END`, no position lies beyond them): a database restored into
+ * another cluster, whose transaction ids start lower, until
+ * `realign_positions()` (migration 007, run by `migrate()`) raises the
+ * offset. An append then writes nothing rather than a position below stored
+ * ones. One backward probe of `events_global_position_idx`: its last entry.
  *
  * The append is its own transaction (one statement), so its transaction id
  * is assigned after its snapshot was taken: no row of its own or of a later
  * transaction is visible, the first position is `base + 1`, and the id is at
  * least the snapshot's xmax, so `ahead` is never true on a healthy cluster.
+ *
+ * `exhausted`: whether this transaction's id plus the offset has reached
+ * `POSITIONS_END`, past which its positions would wrap to negative numbers.
+ * Arithmetic on the ids the statement reads anyway: no probe. `base` is
+ * null then, and nothing is inserted.
  */
 function appendWith(
   schema: string,
@@ -296,15 +318,20 @@ function appendWith(
     WITH current AS (
       SELECT (SELECT coalesce(max(version), 0) FROM ${events}
               WHERE stream_id = $1) AS version,
-             (pg_current_xact_id()::text::bigint
-               + ${schema}.position_offset()) << 20 AS base,
+             CASE WHEN ids.transaction < ${POSITIONS_END}
+                  THEN ids.transaction << 20 END AS base,
+             ids.transaction >= ${POSITIONS_END} AS exhausted,
              -- max(), not EXISTS: the planner cannot estimate the bound,
              -- and for EXISTS it chose a sequential scan that read the whole
              -- table (measured: W1 at 0.08 of its baseline); max() is
              -- always one backward probe of events_global_position_idx.
-             coalesce((SELECT max(global_position) FROM ${events}), 0) >=
-               ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint
-                 + ${schema}.position_offset()) << 20) AS ahead
+             ids.horizon < ${POSITIONS_END} AND
+               coalesce((SELECT max(global_position) FROM ${events}), 0) >=
+                 (ids.horizon << 20) AS ahead
+      FROM (SELECT pg_current_xact_id()::text::bigint
+                     + ${schema}.position_offset() AS transaction,
+                   pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                     + ${schema}.position_offset() AS horizon) AS ids
     ), stored AS (
       -- Only for the caller's ids: a scan of the stream's rows.
       SELECT event_id::text AS id, version, global_position
@@ -317,6 +344,7 @@ function appendWith(
       WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
         AND (current.version > 0 OR NOT $7::boolean)
         AND NOT current.ahead
+        AND NOT current.exhausted
         AND NOT EXISTS (SELECT FROM stored)
       ${order}
       RETURNING global_position
@@ -329,6 +357,7 @@ function appendWith(
            (SELECT json_agg(version ORDER BY version) FROM stored)
              AS storedversions,
            (SELECT max(global_position) FROM stored) AS storedposition,
-           current.ahead AS ahead
+           current.ahead AS ahead,
+           current.exhausted AS exhausted
     FROM current`;
 }
