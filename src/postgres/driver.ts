@@ -163,7 +163,10 @@ const CONNECTION_ERROR_CODES = new Set([
  */
 const UNAVAILABLE_SQLSTATES = new Map([
   ["53300", "the server has no free connection slots"],
-  ["57P01", "the server is shutting down"],
+  [
+    "57P01",
+    "the server ended the connection (shutting down, or its backend was terminated)",
+  ],
   ["57P02", "the server crashed"],
   ["57P03", "the server is not accepting connections yet"],
   ["57014", "the statement timed out or was cancelled"],
