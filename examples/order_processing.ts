@@ -508,6 +508,7 @@ function holdAppendsUntil(count: number, store: EventStore): EventStore {
     },
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
     readAll: (options) => store.readAll(options),
+    readAllLag: () => store.readAllLag(),
     subscribe: (options) => store.subscribe(options),
     runProjection: (name, handler, options) =>
       store.runProjection(name, handler, options),

@@ -141,6 +141,54 @@ export type ProjectionHandler<D = unknown> = (
 ) => void | Promise<void>;
 
 /**
+ * How far {@linkcode EventStore.readAll} is behind the events already
+ * committed, and why: what {@linkcode EventStore.readAllLag} returns.
+ * Positions are `0n` when the store holds no event.
+ */
+export interface ReadAllLag {
+  /** The highest committed global position; `0n` if there is none. */
+  headPosition: bigint;
+  /** The highest global position `readAll` returns now; `0n` if none. */
+  readablePosition: bigint;
+  /** How many committed events `readAll` cannot return yet. */
+  hiddenEvents: number;
+  /**
+   * What holds readers back, oldest first; empty when `hiddenEvents` is 0.
+   * On PostgreSQL, an open transaction that took a transaction id (it wrote
+   * something) before the hidden events' transactions, in any database of
+   * the cluster, or a prepared transaction.
+   */
+  heldBy: ReaderHold[];
+}
+
+/**
+ * A transaction that holds readers back (see {@linkcode ReadAllLag}). Never
+ * the query text, which may hold secrets. PostgreSQL shows other roles'
+ * sessions without their times unless the store's role has
+ * `pg_read_all_stats`: those fields are then absent, and `ageMs` is 0.
+ */
+export interface ReaderHold {
+  /** An open session's transaction, or a prepared one (no session). */
+  kind: "transaction" | "prepared transaction";
+  /** The session's backend process id (`pg_stat_activity.pid`). */
+  pid?: number;
+  /** A prepared transaction's global id (`pg_prepared_xacts.gid`). */
+  gid?: string;
+  /** The database the transaction runs in. */
+  database?: string;
+  /** The role it runs as. */
+  user?: string;
+  /** The session's `application_name`. */
+  applicationName?: string;
+  /** When the transaction started (`xact_start`), or was prepared. */
+  transactionStart?: Date;
+  /** When the session's current or last statement started (`query_start`). */
+  queryStart?: Date;
+  /** Milliseconds since `transactionStart`; 0 when that is unknown. */
+  ageMs: number;
+}
+
+/**
  * The latest saved state of a stream, so that an aggregate loads as the
  * snapshot plus the events after `version`.
  *
@@ -243,6 +291,36 @@ export interface EventStore extends AsyncDisposable {
    * @throws {StoreClosedError} The store is closed.
    */
   readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]>;
+
+  /**
+   * How far {@linkcode EventStore.readAll} is behind the committed events,
+   * and what holds it back. On PostgreSQL, `readAll` returns an event only
+   * once every transaction that took a transaction id before it has ended,
+   * in any database of the cluster (prepared transactions too): one left
+   * open delays every subscriber and projection. In memory nothing is ever
+   * hidden.
+   *
+   * @returns The head and readable positions, the number of hidden events,
+   *   and the transactions that hide them, oldest first.
+   * @throws {StoreClosedError} The store is closed.
+   *
+   * @example See whether readers are held back
+   * ```ts
+   * import { InMemoryEventStore } from "@deno-eventstore/core";
+   * import assert from "node:assert/strict";
+   *
+   * await using store = new InMemoryEventStore();
+   * const { globalPosition } = await store.appendEvents("order-1", [
+   *   { type: "OrderPlaced.v1", data: {} },
+   * ]);
+   * const lag = await store.readAllLag();
+   * assert.equal(lag.headPosition, globalPosition);
+   * assert.equal(lag.readablePosition, globalPosition);
+   * assert.equal(lag.hiddenEvents, 0); // PostgreSQL: > 0 while a transaction holds them
+   * assert.deepEqual(lag.heldBy, []);
+   * ```
+   */
+  readAllLag(): Promise<ReadAllLag>;
 
   /**
    * Follows every stream in global order: catches up from storage, then

@@ -13,6 +13,7 @@ import type {
   NewEvent,
   ProjectionHandler,
   ProjectionOptions,
+  ReadAllLag,
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
@@ -239,6 +240,17 @@ export class InMemoryEventStore implements EventStore {
       }
       return read;
     });
+  }
+
+  /** {@inheritDoc EventStore.readAllLag} */
+  readAllLag(): Promise<ReadAllLag> {
+    // An append is visible whole the moment it returns: nothing is hidden.
+    return this.#run("read how far readAll lags", () => ({
+      headPosition: this.#lastGlobalPosition,
+      readablePosition: this.#lastGlobalPosition,
+      hiddenEvents: 0,
+      heldBy: [],
+    }));
   }
 
   #recorded<D>(

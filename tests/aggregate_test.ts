@@ -64,6 +64,7 @@ function wrapStore(
       store.appendEvents(streamId, events, options),
     loadEvents: (streamId, options) => store.loadEvents(streamId, options),
     readAll: (options) => store.readAll(options),
+    readAllLag: () => store.readAllLag(),
     subscribe: (options) => store.subscribe(options),
     runProjection: (name, handler, options) =>
       store.runProjection(name, handler, options),

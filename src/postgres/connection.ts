@@ -64,6 +64,15 @@ export interface PostgresEventStoreOptions {
   logger?: Logger;
   /** Generates ids for events given without one; `crypto.randomUUID` by default. */
   generateId?: () => string;
+  /**
+   * Milliseconds committed events may stay hidden from `readAll` (held back
+   * by an older open transaction anywhere in the cluster, or a prepared
+   * one) before the store logs a `warn` record naming what holds them,
+   * repeated while it lasts; 5000 by default, 0 turns the warning off. It
+   * is watched only while readers (`readAll`, subscriptions, projections)
+   * are active. See {@linkcode PostgresEventStore.readAllLag}.
+   */
+  heldBackThreshold?: number;
 }
 
 /** Options that configure the pool, so they only apply when connecting by URL. */
@@ -322,6 +331,7 @@ export function checkOptions(options: PostgresEventStoreOptions): void {
       "statementTimeout",
       "acquireTimeout",
       "responseTimeout",
+      "heldBackThreshold",
     ] as const
   ) {
     const value = options[name];

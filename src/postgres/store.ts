@@ -23,6 +23,7 @@ import type {
   NewEvent,
   ProjectionHandler,
   ProjectionOptions,
+  ReadAllLag,
   ReadAllOptions,
   RecordedEvent,
   Snapshot,
@@ -99,6 +100,11 @@ import {
   type RouteProbe,
 } from "./route.ts";
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
+import {
+  DEFAULT_HELD_BACK_THRESHOLD_MS,
+  heldBackStatements,
+  HeldBackWatch,
+} from "./held_back.ts";
 import {
   type BatchContext,
   checkWritable,
@@ -180,6 +186,8 @@ export class PostgresEventStore implements EventStore {
   readonly #inFlight = new Set<Promise<unknown>>();
   readonly #wakeups = new Wakeups();
   readonly #notifier: Notifier;
+  /** Warns when readers stay held back by an open transaction. */
+  readonly #heldBack: HeldBackWatch;
   /** What the modules beside this class need of it. */
   readonly #context: AppendContext & BatchContext;
   /** One per connection of a pool this store opened; none for the application's. */
@@ -272,6 +280,14 @@ export class PostgresEventStore implements EventStore {
       inFlight: this.#inFlight,
       closed: () => this.#closed,
       log: this.#context.log,
+    });
+    this.#heldBack = new HeldBackWatch({
+      query: this.#context,
+      statements: heldBackStatements(quoteSchema(schema)),
+      thresholdMs: options.heldBackThreshold ?? DEFAULT_HELD_BACK_THRESHOLD_MS,
+      withConnection: (send) =>
+        this.#withConnection(send, "check whether readers are held back"),
+      inFlight: this.#inFlight,
     });
   }
 
@@ -431,12 +447,27 @@ export class PostgresEventStore implements EventStore {
 
   /** {@inheritDoc EventStore.readAll} */
   readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]> {
+    this.#heldBack.readerActive();
     return this.#run("read all events", {}, async (span) => {
       const range = checkReadAllOptions(options);
       const events = await loadAll<D>(this.#context, range);
       span.setAttribute("eventstore.event_count", events.length);
       return events;
     });
+  }
+
+  /**
+   * {@inheritDoc EventStore.readAllLag}
+   *
+   * The store also logs a `warn` record naming the holders when events stay
+   * hidden past `options.heldBackThreshold` while readers are active.
+   */
+  readAllLag(): Promise<ReadAllLag> {
+    return this.#run(
+      "read how far readAll lags",
+      {},
+      () => this.#heldBack.lag(),
+    );
   }
 
   /** {@inheritDoc EventStore.subscribe} */
@@ -585,6 +616,7 @@ export class PostgresEventStore implements EventStore {
     this.#slots?.close(); // operations waiting for a connection: closed
     this.#batches.close(); // projections waiting for a batch's turn too
     this.#wakeups.wake(); // subscribers read again, and learn it is closed
+    await this.#heldBack.close();
     await this.#notifier.close();
     if (ownedPools.has(this.#sql)) {
       try {
@@ -663,17 +695,21 @@ export class PostgresEventStore implements EventStore {
   /**
    * Runs `send` once a connection of the pool is free for it, like an
    * operation: for the store's own statements outside operations (the
-   * NOTIFY after appends). With no more statements in flight than
+   * NOTIFY after appends, the check for readers held back; `operation`
+   * names it in errors). With no more statements in flight than
    * connections, postgres.js never pipelines one behind another on a
    * connection, which a pooler in transaction mode cannot follow: it gives
    * the server connection back at the first ReadyForQuery, and the answers
    * to what was pipelined behind reach no client (PgBouncer 1.18: "got
    * packet from server when not linked"; that call then never answers).
    */
-  async #withConnection<T>(send: () => Promise<T>): Promise<T> {
+  async #withConnection<T>(
+    send: () => Promise<T>,
+    operation = "notify subscribers",
+  ): Promise<T> {
     const release = await this.#slots?.acquire(undefined, {
-      timedOut: () => this.#noConnection("notify subscribers"),
-      closed: () => new StoreClosedError("notify subscribers"),
+      timedOut: () => this.#noConnection(operation),
+      closed: () => new StoreClosedError(operation),
     });
     try {
       return await send();
