@@ -15,6 +15,7 @@
 
 import type { ReadAllLag, ReaderHold } from "../event_store.ts";
 import { type QueryContext, read } from "./read.ts";
+import { POSITIONS_END } from "./statements.ts";
 
 /** Milliseconds readers may be held back before the store warns, unless told. */
 export const DEFAULT_HELD_BACK_THRESHOLD_MS = 5_000;
@@ -51,14 +52,14 @@ export interface HeldBackStatements {
   /**
    * The watch's check, cheap enough for every second: one row with `head`
    * (the highest committed position, null if none; a backward probe of
-   * `events_global_position_idx`) and `bound` (`readAll` returns only
-   * positions below it).
+   * `events_global_position_idx`) and `last` (`readAll` returns only
+   * positions up to it).
    */
   check: string;
   /**
    * One row per transaction holding readers back, oldest first (one row with
    * null holder columns when none): `head`, `readable` (the highest position
-   * below the bound), `hidden` (committed events at or above it), and the
+   * up to the bound), `hidden` (committed events past it), and the
    * holder's `kind`, `pid`, `gid`, `database`, `username`, `application`,
    * `started`, `queried` and `age` (ms). Never the query text.
    */
@@ -72,13 +73,18 @@ export interface HeldBackStatements {
  */
 export function heldBackStatements(schema: string): HeldBackStatements {
   const events = `${schema}.events`;
-  // The readAll statement's bound, exactly (src/postgres/statements.ts).
-  const bound = `((pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                   + ${schema}.position_offset()) << 20)`;
+  // The readAll statement's bound, exactly (src/postgres/statements.ts):
+  // the highest position it returns, inclusive.
+  const last = `(
+    SELECT CASE WHEN horizon < ${POSITIONS_END}
+                THEN (horizon << 20) - 1
+                ELSE 9223372036854775807 END
+    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                   + ${schema}.position_offset() AS horizon) AS snapshot)`;
   return {
     check: `
       SELECT (SELECT max(global_position) FROM ${events}) AS head,
-             ${bound} AS bound`,
+             ${last} AS last`,
     // Holders: every transaction with an id (pg_stat_activity.backend_xid,
     // which PostgreSQL shows for every role's sessions, and
     // pg_prepared_xacts) older than the highest hidden event's transaction.
@@ -87,16 +93,16 @@ export function heldBackStatements(schema: string): HeldBackStatements {
     // workers share their leader's id and are left out.
     lag: `
       WITH snapshot AS (
-        SELECT ${bound} AS bound,
+        SELECT ${last} AS last,
                pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
                ${schema}.position_offset() AS shift,
                (SELECT max(global_position) FROM ${events}) AS head
       ), summary AS (
-        SELECT head, bound, xmax, shift,
+        SELECT head, last, xmax, shift,
                (SELECT max(global_position) FROM ${events}
-                WHERE global_position < snapshot.bound) AS readable,
+                WHERE global_position <= snapshot.last) AS readable,
                (SELECT count(*) FROM ${events}
-                WHERE global_position >= snapshot.bound) AS hidden
+                WHERE global_position > snapshot.last) AS hidden
         FROM snapshot
       ), running AS (
         SELECT 'transaction' AS kind, pid, NULL::text AS gid,
@@ -117,7 +123,7 @@ export function heldBackStatements(schema: string): HeldBackStatements {
                  + ${XID_SPAN + XID_SPAN / 2n}) % ${XID_SPAN}
                  - ${XID_SPAN / 2n}) AS fullxid
         FROM summary, running
-        WHERE summary.head >= summary.bound
+        WHERE summary.head > summary.last
       )
       SELECT summary.head, summary.readable, summary.hidden,
              holders.kind, holders.pid, holders.gid, holders.database,
@@ -227,9 +233,9 @@ interface Observation {
  * thresholds while it lasts; and an `info` record once they caught up.
  *
  * About once a second (more often for a threshold under 2 s) it reads the
- * highest committed position and `readAll`'s bound. A position seen at or
- * above the bound is hidden; it stays hidden for as long as later bounds do
- * not pass it. So the hold is timed from when an event still hidden now was
+ * highest committed position and `readAll`'s bound (the highest position it
+ * returns). A position seen past the bound is hidden; it stays hidden for as
+ * long as later bounds do not reach it. So the hold is timed from when an event still hidden now was
  * first seen hidden, not from the last look: appends in flight, which hide
  * the events of a few milliseconds, never add up to a warning.
  */
@@ -334,7 +340,7 @@ export class HeldBackWatch {
     const now = Date.now();
     this.#observe(
       row.head === null ? undefined : BigInt(row.head),
-      BigInt(row.bound),
+      BigInt(row.last),
       now,
     );
     const heldForMs = this.#seen.length === 0 ? 0 : now - this.#seen[0].at;
@@ -359,17 +365,20 @@ export class HeldBackWatch {
     if (!await this.#warn(heldForMs) && first) this.#warnedAt = undefined;
   }
 
-  /** Forgets positions the bound has passed; notes a new hidden head. */
-  #observe(head: bigint | undefined, bound: bigint, now: number): void {
+  /**
+   * Forgets positions readers can have now (up to `last`, inclusive); notes
+   * a new hidden head.
+   */
+  #observe(head: bigint | undefined, last: bigint, now: number): void {
     let released = 0;
     while (
-      released < this.#seen.length && this.#seen[released].position < bound
+      released < this.#seen.length && this.#seen[released].position <= last
     ) {
       released++;
     }
     if (released > 0) this.#seen = this.#seen.slice(released);
     if (
-      head !== undefined && head >= bound &&
+      head !== undefined && head > last &&
       (this.#seen.length === 0 || head > this.#seen.at(-1)!.position)
     ) {
       this.#seen.push({ position: head, at: now });

@@ -92,7 +92,7 @@ export const POSITIONS_PER_TRANSACTION = 2 ** 20;
  * PostgreSQL's `<<` wraps silently to negative numbers. The positions of
  * `2^43 − 1` run up to exactly 2^63 − 1. Migration 008 knows it too.
  */
-const POSITIONS_END = "8796093022208";
+export const POSITIONS_END = "8796093022208";
 
 /** The statements of a store whose tables live in `schema` (quoted). */
 export interface Statements {
