@@ -17,6 +17,8 @@ import { answer, type QueryContext, read } from "./read.ts";
 import type { PoolEvents } from "./connection.ts";
 import { inTransaction } from "./transaction.ts";
 import { runHandler } from "../_subscription.ts";
+import { StoreClosedError } from "../errors.ts";
+import type { Slots } from "../_slots.ts";
 
 /** What a projection's batch needs of the store. */
 export interface BatchContext {
@@ -188,3 +190,37 @@ export async function checkWritable(context: QueryContext): Promise<void> {
 
 /** What `sql.begin` puts after BEGIN: the isolation the store's transactions need. */
 const READ_COMMITTED = "isolation level read committed";
+
+/** Why a projection's wait for a batch's turn ended: its signal aborted. */
+const ABORTED = Symbol("aborted");
+
+/**
+ * Runs a batch once it has a turn of `turns` (the store's batches that may
+ * run at once), waiting in line without holding a connection. An abort of
+ * `signal` ends the wait: the batch is not handled (`false`), and the
+ * projection's loop then stops.
+ *
+ * @throws {StoreClosedError} The store closed during the wait.
+ */
+export async function handleInTurn(
+  turns: Slots,
+  signal: AbortSignal | undefined,
+  handle: () => Promise<boolean>,
+): Promise<boolean> {
+  let release: () => void;
+  try {
+    release = await turns.acquire(undefined, {
+      timedOut: () => new StoreClosedError("run a projection"),
+      closed: () => new StoreClosedError("run a projection"),
+      aborted: () => ABORTED,
+    }, signal);
+  } catch (error) {
+    if (error === ABORTED) return false;
+    throw error;
+  }
+  try {
+    return await handle();
+  } finally {
+    release();
+  }
+}

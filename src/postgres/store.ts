@@ -7,14 +7,7 @@
  * @module
  */
 
-import {
-  type Attributes,
-  type Span,
-  SpanKind,
-  SpanStatusCode,
-  trace,
-  type Tracer,
-} from "@opentelemetry/api";
+import type { Attributes, Span } from "@opentelemetry/api";
 import type {
   AppendOptions,
   AppendResult,
@@ -30,19 +23,9 @@ import type {
   SubscribeOptions,
 } from "../event_store.ts";
 import { cborCodec, type Codec } from "../codec.ts";
-import {
-  EventStoreError,
-  InvalidArgumentError,
-  StoreClosedError,
-  StoreUnavailableError,
-} from "../errors.ts";
+import { InvalidArgumentError, StoreClosedError } from "../errors.ts";
 import { Slots } from "../_slots.ts";
-import {
-  type Logger,
-  type LogLevel,
-  logSafely,
-  silentLogger,
-} from "../logger.ts";
+import { type Logger, type LogLevel, silentLogger } from "../logger.ts";
 import {
   type MigrateOptions,
   type MigrationResult,
@@ -62,11 +45,9 @@ import {
 } from "../_input.ts";
 import {
   asPostgres,
-  type ErrorContext,
   passwordOf,
   type PostgresSql,
   quoteSchema,
-  translateError,
 } from "./driver.ts";
 import {
   resetFromHandler,
@@ -100,6 +81,7 @@ import {
   type RouteProbe,
 } from "./route.ts";
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
+import { Operations } from "./operations.ts";
 import {
   DEFAULT_HELD_BACK_THRESHOLD_MS,
   heldBackStatements,
@@ -109,16 +91,12 @@ import {
   type BatchContext,
   checkWritable,
   handleBatch,
+  handleInTurn,
   readPosition,
   resetPosition,
 } from "./projections.ts";
 
 export type { PostgresEventStoreOptions } from "./connection.ts";
-
-const TRACER_NAME = "@deno-eventstore/core";
-
-/** Why a projection's wait for a batch's turn ended: its signal aborted. */
-const ABORTED = Symbol("aborted");
 
 /**
  * An {@linkcode EventStore} on PostgreSQL.
@@ -180,10 +158,10 @@ export class PostgresEventStore implements EventStore {
   readonly #codec: Codec;
   readonly #logger: Logger;
   readonly #generateId: () => string;
-  readonly #tracer: Tracer;
   readonly #server: string;
   #password: string | undefined;
-  readonly #inFlight = new Set<Promise<unknown>>();
+  /** Spans, slots and typed errors of every operation. */
+  readonly #operations: Operations;
   readonly #wakeups = new Wakeups();
   readonly #notifier: Notifier;
   /** Warns when readers stay held back by an open transaction. */
@@ -200,7 +178,6 @@ export class PostgresEventStore implements EventStore {
    * found none and the store froze. So one is always left for the rest.
    */
   readonly #batches: Slots;
-  readonly #acquireTimeout: number | undefined;
   readonly #options: PostgresEventStoreOptions;
   /** How the connections reach PostgreSQL; learnt before the first statement. */
   #route: Route | undefined;
@@ -236,7 +213,6 @@ export class PostgresEventStore implements EventStore {
     const poolSize = this.#slots?.size ?? asPostgres(sql).options?.max ??
       DEFAULT_POOL_SIZE;
     this.#batches = new Slots(Math.max(1, poolSize - 1));
-    this.#acquireTimeout = options.acquireTimeout;
     this.#options = options;
     this.#sql = asPostgres(sql);
     this.#prepare = options.prepare ?? this.#sql.options?.prepare !== false;
@@ -245,11 +221,26 @@ export class PostgresEventStore implements EventStore {
     this.#codec = options.codec ?? cborCodec;
     this.#logger = options.logger ?? silentLogger;
     this.#generateId = options.generateId ?? (() => crypto.randomUUID());
-    this.#tracer = trace.getTracer(TRACER_NAME);
     this.#server = describeServer(this.#sql);
     this.#password = typeof this.#sql.options?.pass === "string"
       ? this.#sql.options.pass
       : undefined;
+    this.#operations = new Operations({
+      schema,
+      server: this.#server,
+      logger: this.#logger,
+      slots: this.#slots,
+      acquireTimeout: options.acquireTimeout,
+      poolEvents: poolEventsOf(this.#sql),
+      password: () => this.#password,
+      closed: () => this.#closed,
+      // An application's instance: its route, asked once before the
+      // store's first statement.
+      before: (operation) =>
+        this.#route === undefined && operation !== "connect"
+          ? this.#learnRoute()
+          : undefined,
+    });
     this.#context = {
       sql: this.#sql,
       statements: this.#statements,
@@ -277,7 +268,7 @@ export class PostgresEventStore implements EventStore {
       notify: this.#statements.notify,
       channel: channelFor(quoteSchema(schema)),
       wakeups: this.#wakeups,
-      inFlight: this.#inFlight,
+      inFlight: this.#operations.inFlight,
       closed: () => this.#closed,
       log: this.#context.log,
     });
@@ -287,7 +278,7 @@ export class PostgresEventStore implements EventStore {
       thresholdMs: options.heldBackThreshold ?? DEFAULT_HELD_BACK_THRESHOLD_MS,
       withConnection: (send) =>
         this.#withConnection(send, "check whether readers are held back"),
-      inFlight: this.#inFlight,
+      inFlight: this.#operations.inFlight,
     });
   }
 
@@ -496,33 +487,12 @@ export class PostgresEventStore implements EventStore {
       {
         read: (read) => this.readAll<D>(read),
         position: () => this.projectionPosition(checked),
-        handle: async (events, handle, from, to) => {
-          // In line for a batch's turn, without holding a connection; an
-          // abort ends the wait (the loop then stops).
-          let release: () => void;
-          try {
-            release = await this.#batches.acquire(undefined, {
-              timedOut: () => new StoreClosedError("run a projection"),
-              closed: () => new StoreClosedError("run a projection"),
-              aborted: () => ABORTED,
-            }, signal);
-          } catch (error) {
-            if (error === ABORTED) return false;
-            throw error;
-          }
-          try {
-            return await handleBatch(
-              this.#context,
-              checked,
-              events,
-              handle,
-              from,
-              to,
-            );
-          } finally {
-            release();
-          }
-        },
+        handle: (events, handle, from, to) =>
+          handleInTurn(
+            this.#batches,
+            signal,
+            () => handleBatch(this.#context, checked, events, handle, from, to),
+          ),
       },
       handler,
       this.#wakeups,
@@ -620,7 +590,7 @@ export class PostgresEventStore implements EventStore {
     await this.#notifier.close();
     if (ownedPools.has(this.#sql)) {
       try {
-        await endPool(this.#sql, this.#inFlight);
+        await endPool(this.#sql, this.#operations.inFlight);
       } catch (error) {
         this.#log("warn", "The pool did not end cleanly", {
           error: error instanceof Error ? error.message : String(error),
@@ -692,137 +662,24 @@ export class PostgresEventStore implements EventStore {
     return this.#learningRoute;
   }
 
-  /**
-   * Runs `send` once a connection of the pool is free for it, like an
-   * operation: for the store's own statements outside operations (the
-   * NOTIFY after appends, the check for readers held back; `operation`
-   * names it in errors). With no more statements in flight than
-   * connections, postgres.js never pipelines one behind another on a
-   * connection, which a pooler in transaction mode cannot follow: it gives
-   * the server connection back at the first ReadyForQuery, and the answers
-   * to what was pipelined behind reach no client (PgBouncer 1.18: "got
-   * packet from server when not linked"; that call then never answers).
-   */
-  async #withConnection<T>(
+  /** See {@linkcode Operations.withConnection}. */
+  #withConnection<T>(
     send: () => Promise<T>,
-    operation = "notify subscribers",
+    operation?: string,
   ): Promise<T> {
-    const release = await this.#slots?.acquire(undefined, {
-      timedOut: () => this.#noConnection(operation),
-      closed: () => new StoreClosedError(operation),
-    });
-    try {
-      return await send();
-    } finally {
-      release?.();
-    }
+    return this.#operations.withConnection(send, operation);
   }
 
-  /**
-   * Runs one operation in a span: refuses it on a closed store, and turns
-   * whatever it throws into a typed error without the password.
-   */
+  /** See {@linkcode Operations.run}. */
   #run<T>(
     operation: string,
     attributes: Attributes,
     body: (span: Span) => Promise<T>,
   ): Promise<T> {
-    if (this.#closed) {
-      return Promise.reject(new StoreClosedError(operation));
-    }
-    const running = this.#traced(operation, attributes, body);
-    this.#inFlight.add(running);
-    const done = () => this.#inFlight.delete(running);
-    running.then(done, done);
-    return running;
-  }
-
-  async #traced<T>(
-    operation: string,
-    attributes: Attributes,
-    body: (span: Span) => Promise<T>,
-  ): Promise<T> {
-    const span = this.#tracer.startSpan(`eventstore ${operation}`, {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        "db.system": "postgresql",
-        "db.namespace": this.#schema,
-        ...attributes,
-      },
-    });
-    const streamId = attributes["eventstore.stream_id"];
-    const described = typeof streamId === "string"
-      ? `${operation} for stream ${JSON.stringify(streamId.slice(0, 200))}`
-      : operation;
-    let release: (() => void) | undefined;
-    const started = performance.now();
-    try {
-      release = await this.#slots?.acquire(this.#acquireTimeout, {
-        timedOut: () => this.#noConnection(described),
-        closed: () => new StoreClosedError(operation),
-      });
-      if (this.#route === undefined && operation !== "connect") {
-        await this.#learnRoute();
-      }
-      return await body(span);
-    } catch (error) {
-      const typed = translateError(error, {
-        ...this.#errorContext(described),
-        farewell: this.#farewellSince(started),
-      });
-      span.recordException(typed);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: typed.message });
-      span.setAttribute("eventstore.error_code", typed.code);
-      if (!(error instanceof EventStoreError)) {
-        this.#log(
-          typed.code === "unavailable" ? "warn" : "error",
-          "Operation failed",
-          { operation, code: typed.code, error: typed.message },
-        );
-      }
-      throw typed;
-    } finally {
-      release?.();
-      span.end();
-    }
-  }
-
-  /** The error of an operation that found no connection free in time. */
-  #noConnection(operation: string): StoreUnavailableError {
-    const message =
-      `Cannot ${operation} (${this.#server}): no connection of the pool (max ${this.#slots?.size}) came free within ${this.#acquireTimeout} ms (options.acquireTimeout); every one is busy with other operations`;
-    this.#log("warn", "No connection came free in time", {
-      operation,
-      acquireTimeout: this.#acquireTimeout,
-      max: this.#slots?.size,
-    });
-    return new StoreUnavailableError(message);
-  }
-
-  /**
-   * What a server said before closing one of the pool's connections since
-   * `since` (`performance.now()`), if the store's socket heard it.
-   */
-  #farewellSince(since: number): ErrorContext["farewell"] {
-    const farewell = this.#context.poolEvents?.farewell;
-    return farewell !== undefined && farewell.at >= since
-      ? farewell.error
-      : undefined;
-  }
-
-  #errorContext(operation: string): ErrorContext {
-    return {
-      operation,
-      server: this.#server,
-      schema: this.#schema,
-      password: this.#password,
-    };
+    return this.#operations.run(operation, attributes, body);
   }
 
   #log(level: LogLevel, message: string, fields: Record<string, unknown>) {
-    logSafely(this.#logger, level, message, {
-      schema: this.#schema,
-      ...fields,
-    });
+    this.#operations.log(level, message, fields);
   }
 }
