@@ -701,7 +701,7 @@ function removalRequest(dockerHost: string, id: string): string[] {
 }
 
 /** Who runs the server: PostgreSQL refuses to run as root. */
-interface ServerUser {
+export interface ServerUser {
   uid: number;
   gid: number;
 }
@@ -843,8 +843,12 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
-async function postgresUser(
-  environment: HarnessEnvironment,
+/**
+ * The `postgres` user of the machine, which server programs run as when the
+ * tests run as root; `undefined` when there is none.
+ */
+export async function postgresUser(
+  environment: HarnessEnvironment = machineEnvironment(),
 ): Promise<ServerUser | undefined> {
   let passwd = "";
   try {
@@ -1046,18 +1050,26 @@ async function removeCluster(
   await Deno.remove(directory, { recursive: true }).catch(() => undefined);
 }
 
-/** A port nothing listens on now; the server may still lose it in a race. */
-function freePort(): number {
+/** A loopback port nothing listens on now; a server may still lose it in a race. */
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = listener.addr;
   listener.close();
   return port;
 }
 
-async function run(
+/**
+ * Runs a server program (initdb, pg_ctl, pg_basebackup, …) to its end, as
+ * `options.user` if given, and returns whether it succeeded and what it
+ * printed (stdout, then stderr).
+ *
+ * @param options The working directory, the user, and how long it may take
+ *   (killed, and reported as failed, after `timeoutMs`; no limit by default).
+ */
+export async function run(
   program: string,
   args: string[],
-  options: { cwd?: string; user?: ServerUser } = {},
+  options: { cwd?: string; user?: ServerUser; timeoutMs?: number } = {},
 ): Promise<{ success: boolean; output: string }> {
   const { success, stdout, stderr } = await new Deno.Command(program, {
     args,
@@ -1070,6 +1082,9 @@ async function run(
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
+    signal: options.timeoutMs === undefined
+      ? undefined
+      : AbortSignal.timeout(options.timeoutMs),
   }).output();
   const decoder = new TextDecoder();
   return { success, output: decoder.decode(stdout) + decoder.decode(stderr) };

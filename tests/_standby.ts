@@ -14,8 +14,12 @@
 import {
   type ControlledCluster,
   findServerBinaries,
+  freePort,
   machineEnvironment,
+  postgresUser,
+  run as runServerProgram,
   serverSettings,
+  type ServerUser,
 } from "./_database.ts";
 
 /** A running hot standby: read-only, replaying what its primary writes. */
@@ -32,12 +36,6 @@ export interface Standby {
   remove(): Promise<void>;
   /** {@linkcode Standby.remove}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
-}
-
-/** Who runs the server: PostgreSQL refuses to run as root. */
-interface ServerUser {
-  uid: number;
-  gid: number;
 }
 
 /** How long pg_basebackup and the standby's start may take. */
@@ -225,44 +223,16 @@ function startWatchdog(directory: string): void {
   }).spawn().unref();
 }
 
-async function postgresUser(): Promise<ServerUser | undefined> {
-  const passwd = await Deno.readTextFile("/etc/passwd").catch(() => "");
-  for (const line of passwd.split("\n")) {
-    const [name, , uid, gid] = line.split(":");
-    if (name === "postgres" && uid && gid) {
-      return { uid: Number(uid), gid: Number(gid) };
-    }
-  }
-  return undefined;
-}
-
-async function run(
+/** A server program, bounded by the step timeout. */
+function run(
   program: string,
   args: string[],
   options: { cwd: string; user: ServerUser | undefined },
 ): Promise<{ success: boolean; output: string }> {
-  const { success, stdout, stderr } = await new Deno.Command(program, {
-    args,
-    cwd: options.cwd,
-    env: { TZ: "UTC", LC_MESSAGES: "C" },
-    uid: options.user?.uid,
-    gid: options.user?.gid,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    // Killed, and reported as failed, if it takes longer.
-    signal: AbortSignal.timeout(STEP_TIMEOUT_MS + 10_000),
-  }).output();
-  const decoder = new TextDecoder();
-  return { success, output: decoder.decode(stdout) + decoder.decode(stderr) };
-}
-
-/** A port nothing listens on now; the server may still lose it in a race. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
+  return runServerProgram(program, args, {
+    ...options,
+    timeoutMs: STEP_TIMEOUT_MS + 10_000,
+  });
 }
 
 /** Quotes for the shell pg_ctl runs `postgres` with. */

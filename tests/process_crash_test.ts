@@ -17,6 +17,7 @@ import {
   StoreUnavailableError,
 } from "../mod.ts";
 import { newCategory } from "./conformance.ts";
+import { sleep, within } from "./_wait.ts";
 import {
   type ControlledCluster,
   createDatabase,
@@ -36,32 +37,6 @@ try {
   });
 }
 if (cluster !== undefined) registerTests(cluster);
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Settles `promise`, or fails the test after `ms`: nothing may hang. */
-async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`${what}: no answer within ${ms} ms`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Waits long enough for a late uncaught error of the driver to surface. */
 async function letTheDriverSettle(): Promise<void> {

@@ -16,38 +16,13 @@ import {
   type RecordedEvent,
 } from "../mod.ts";
 import { newCategory } from "./conformance.ts";
+import { sleep, within } from "./_wait.ts";
 import { createTestDatabaseOrFail, type TestDatabase } from "./_database.ts";
 
 const LABEL = "PostgresEventStore sagas";
 
 const database = await createTestDatabaseOrFail(LABEL);
 if (database !== undefined) registerTests(database);
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Settles `promise`, or throws after `ms`: nothing may hang. */
-async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`${what}: still waiting after ${ms} ms`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 type Request = { saga: number; n: number };
 
