@@ -485,6 +485,27 @@ async function registerTests(database: TestDatabase): Promise<void> {
         /"Scan Direction":"Backward","Index Name":"events_global_position_idx"/,
         append,
       );
+      // The lean single append: the stream's version and the same probe,
+      // by index both.
+      const lean = await admin.begin(async (transaction) => {
+        await transaction`SELECT set_config('plan_cache_mode', ${mode}, true)`;
+        await transaction.unsafe(
+          `PREPARE lean_plan AS ${statements.appendOneLean}`,
+        ).simple();
+        const rows = await transaction.unsafe(
+          `EXPLAIN (FORMAT JSON) EXECUTE lean_plan(
+             'plan-long', '${ids[0]}', 'A', '\\x00', '{}', 20000, false)`,
+        ).simple();
+        await transaction`DEALLOCATE lean_plan`;
+        return JSON.stringify(rows[0]["QUERY PLAN"]);
+      });
+      assert.doesNotMatch(lean, /Seq Scan/, lean);
+      assert.match(lean, streamIndex, lean);
+      assert.match(
+        lean,
+        /"Scan Direction":"Backward","Index Name":"events_global_position_idx"/,
+        lean,
+      );
     }
   });
 

@@ -109,6 +109,28 @@ export async function append(
   for (let attempt = 1;; attempt++) {
     const started = performance.now();
     try {
+      if (single && !lookForIds) {
+        // The common case, in its lean statement; only when it inserted
+        // nothing does the full one run, to say why.
+        const [inserted] = await answer(
+          context,
+          sql.unsafe(statements.appendOneLean, [
+            streamId,
+            ids[0],
+            types[0],
+            data[0],
+            metadata[0],
+            exactVersion,
+            mustExist,
+          ], { prepare: context.prepare }),
+        );
+        if (inserted !== undefined) {
+          const version = Number(inserted.version);
+          span.setAttribute("eventstore.version", version);
+          context.notifyAppended();
+          return { version, globalPosition: BigInt(inserted.position) };
+        }
+      }
       const [row] = single
         ? await answer(
           context,

@@ -123,6 +123,17 @@ export interface Statements {
    * serialization and an `unnest`.
    */
   appendOne: string;
+  /**
+   * The common append, lean: one event, no ids to look for. A plain
+   * `INSERT … SELECT` (no CTE, no aggregates around it) with the same
+   * checks as `appendOne` (`$1`–`$7` as there): the expectation, `ahead`
+   * and `exhausted` in its WHERE. One row (`position`, `version`) when it
+   * inserted, none otherwise: then `appendOne` says why (or appends, if
+   * the stream moved meanwhile). Measured with `pgbench -M prepared` on a
+   * durable cluster: about 1.2× the rate of `appendOne` at 1 client and
+   * 1.5× at 16 (docs/design.md).
+   */
+  appendOneLean: string;
   /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
   load: string;
   /**
@@ -212,6 +223,24 @@ export function statementsFor(schema: string): Statements {
       "",
       "event_id = $2::uuid",
     ),
+    appendOneLean: `
+      INSERT INTO ${events}
+        (global_position, stream_id, version, event_id, event_type, data, metadata)
+      SELECT (ids.transaction << 20) + 1, $1, current.version + 1, $2::uuid,
+             $3::text, $4::bytea, $5::text::jsonb
+      FROM (SELECT coalesce(max(version), 0) AS version FROM ${events}
+            WHERE stream_id = $1) AS current,
+           (SELECT pg_current_xact_id()::text::bigint
+                     + ${schema}.position_offset() AS transaction,
+                   pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                     + ${schema}.position_offset() AS horizon) AS ids
+      WHERE ($6::bigint IS NULL OR current.version = $6::bigint)
+        AND (current.version > 0 OR NOT $7::boolean)
+        AND ids.transaction < ${POSITIONS_END}
+        AND NOT (ids.horizon < ${POSITIONS_END} AND
+                 coalesce((SELECT max(global_position) FROM ${events}), 0) >=
+                   (ids.horizon << 20))
+      RETURNING global_position AS position, version`,
     load: `
       SELECT event_id AS id, version, global_position AS position,
              event_type AS type, data, metadata::text AS metadata,
