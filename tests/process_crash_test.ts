@@ -171,7 +171,13 @@ function registerTests(cluster: ControlledCluster) {
       stop.abort();
       await within(Promise.all(writers), 20_000, "the writers");
     }
-    assert.ok(outcomes.includes("unavailable"), outcomes.join(","));
+    // The restart reached the store: calls failed, or PgBouncer dropped
+    // connections (calls that waited in PgBouncer's queue may all succeed).
+    assert.ok(
+      outcomes.includes("unavailable") ||
+        /closing because/.test(await bouncer.log()),
+      outcomes.join(","),
+    );
     await letTheDriverSettle();
     // Back: PgBouncer logs in again and the store answers.
     await within(

@@ -293,7 +293,7 @@ export async function append(
  * another cluster, and `migrate()` has not realigned positions yet. Nothing
  * was written: a position written now would sort below stored ones.
  */
-function positionsAhead(
+export function positionsAhead(
   context: AppendContext,
   streamId: string,
 ): MigrationError {
@@ -311,7 +311,7 @@ function positionsAhead(
  * The error of an append refused because its transaction's positions would
  * pass the largest bigint and wrap to negative numbers: nothing was written.
  */
-function positionsExhausted(
+export function positionsExhausted(
   context: AppendContext,
   streamId: string,
 ): PositionsExhaustedError {
@@ -322,7 +322,7 @@ function positionsExhausted(
 }
 
 /** The conflict error of an append refused, logged. */
-function conflict(
+export function conflict(
   log: Log,
   streamId: string,
   expectedVersion: ExpectedVersion,

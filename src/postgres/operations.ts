@@ -71,11 +71,17 @@ export class Operations {
     operation: string,
     attributes: Attributes,
     body: (span: Span) => Promise<T>,
+    options: { slot?: boolean } = {},
   ): Promise<T> {
     if (this.#options.closed()) {
       return Promise.reject(new StoreClosedError(operation));
     }
-    const running = this.#traced(operation, attributes, body);
+    const running = this.#traced(
+      operation,
+      attributes,
+      body,
+      options.slot ?? true,
+    );
     this.inFlight.add(running);
     const done = () => this.inFlight.delete(running);
     running.then(done, done);
@@ -116,10 +122,30 @@ export class Operations {
     });
   }
 
+  /**
+   * Waits for a slot of the pool, as an operation does before its body,
+   * for a body that takes its slots itself (`run(…, { slot: false })`).
+   *
+   * @param operation Named in the error if none comes free in time.
+   * @returns Gives the slot back; `undefined` for the application's
+   *   instance, whose pool the store does not count.
+   * @throws {StoreUnavailableError} None came free within `acquireTimeout`.
+   * @throws {StoreClosedError} The store closed meanwhile.
+   */
+  acquire(operation: string): Promise<(() => void) | undefined> {
+    const slots = this.#options.slots;
+    if (slots === undefined) return Promise.resolve(undefined);
+    return slots.acquire(this.#options.acquireTimeout, {
+      timedOut: () => this.#noConnection(operation),
+      closed: () => new StoreClosedError(operation),
+    });
+  }
+
   async #traced<T>(
     operation: string,
     attributes: Attributes,
     body: (span: Span) => Promise<T>,
+    slot: boolean,
   ): Promise<T> {
     const span = this.#tracer.startSpan(`eventstore ${operation}`, {
       kind: SpanKind.CLIENT,
@@ -136,13 +162,7 @@ export class Operations {
     let release: (() => void) | undefined;
     const started = performance.now();
     try {
-      release = await this.#options.slots?.acquire(
-        this.#options.acquireTimeout,
-        {
-          timedOut: () => this.#noConnection(described),
-          closed: () => new StoreClosedError(operation),
-        },
-      );
+      if (slot) release = await this.acquire(described);
       await this.#options.before(operation);
       return await body(span);
     } catch (error) {

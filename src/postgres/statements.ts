@@ -36,6 +36,18 @@ export function arrayLiteral(values: readonly string[]): string {
   return literal + "}";
 }
 
+/** A `bigint[]` parameter as an array literal, `NULL` for null elements. */
+export function bigintArrayLiteral(values: readonly (number | null)[]): string {
+  return `{${
+    values.map((value) => value === null ? "NULL" : String(value)).join(",")
+  }}`;
+}
+
+/** A `boolean[]` parameter as an array literal. */
+export function booleanArrayLiteral(values: readonly boolean[]): string {
+  return `{${values.map((value) => value ? "t" : "f").join(",")}}`;
+}
+
 /**
  * A `bytea[]` parameter as an array literal of hex elements (`\\x…`), the
  * text form postgres.js would send for each element too.
@@ -134,6 +146,20 @@ export interface Statements {
    * 1.5× at 16 (docs/design.md).
    */
   appendOneLean: string;
+  /**
+   * Single-event appends to different streams, coalesced into one statement
+   * (one transaction, one commit), each checked on its own terms. Parameters
+   * are arrays, one element per append: `$1` stream ids, `$2` event ids,
+   * `$3` types, `$4` data, `$5` metadata, `$6` exact versions (null: any),
+   * `$7` whether the stream must exist, `$8` whether to look for its id in
+   * the stream (the caller's ids). One row per append, in order: `previous`
+   * (the version read), `position` (null when its expectation failed or its
+   * id is stored, and nothing of it was inserted), `storedversion` and
+   * `storedposition` (where the stream holds its id, null when not), and
+   * `ahead`/`exhausted` as in `append` (then nothing at all was inserted). The streams must be
+   * distinct: each append's version is read before any is inserted.
+   */
+  appendGroup: string;
   /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
   load: string;
   /**
@@ -241,6 +267,57 @@ export function statementsFor(schema: string): Statements {
                  coalesce((SELECT max(global_position) FROM ${events}), 0) >=
                    (ids.horizon << 20))
       RETURNING global_position AS position, version`,
+    appendGroup: `
+      WITH batch AS (
+        SELECT b.*,
+               (SELECT coalesce(max(version), 0) FROM ${events} AS e
+                WHERE e.stream_id = b.stream_id) AS version,
+               stored.version AS stored_version,
+               stored.global_position AS stored_position
+        FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bytea[],
+                    $5::text[], $6::bigint[], $7::boolean[], $8::boolean[])
+               WITH ORDINALITY
+               AS b(stream_id, event_id, event_type, data, metadata, exact,
+                    must_exist, look, ordinality)
+             -- Only for the caller's ids: the event, if the stream has it.
+             LEFT JOIN LATERAL (
+               SELECT e.version, e.global_position FROM ${events} AS e
+               WHERE b.look AND e.stream_id = b.stream_id
+                 AND e.event_id = b.event_id
+               LIMIT 1) AS stored ON true
+      ), ids AS (
+        SELECT transaction, transaction >= ${POSITIONS_END} AS exhausted,
+               horizon < ${POSITIONS_END} AND
+                 coalesce((SELECT max(global_position) FROM ${events}), 0) >=
+                   (horizon << 20) AS ahead
+        FROM (SELECT pg_current_xact_id()::text::bigint
+                       + ${schema}.position_offset() AS transaction,
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                       + ${schema}.position_offset() AS horizon) AS x
+      ), accepted AS (
+        SELECT batch.*, row_number() OVER (ORDER BY batch.ordinality) AS k
+        FROM batch, ids
+        WHERE (batch.exact IS NULL OR batch.version = batch.exact)
+          AND (batch.version > 0 OR NOT batch.must_exist)
+          AND batch.stored_version IS NULL
+          AND NOT ids.exhausted AND NOT ids.ahead
+      ), inserted AS (
+        INSERT INTO ${events}
+          (global_position, stream_id, version, event_id, event_type, data, metadata)
+        SELECT (ids.transaction << 20) + accepted.k, accepted.stream_id,
+               accepted.version + 1, accepted.event_id, accepted.event_type,
+               accepted.data, accepted.metadata::jsonb
+        FROM accepted, ids
+        ORDER BY accepted.k
+        RETURNING stream_id, global_position
+      )
+      SELECT batch.version AS previous, inserted.global_position AS position,
+             batch.stored_version AS storedversion,
+             batch.stored_position AS storedposition,
+             ids.ahead AS ahead, ids.exhausted AS exhausted
+      FROM batch CROSS JOIN ids
+           LEFT JOIN inserted ON inserted.stream_id = batch.stream_id
+      ORDER BY batch.ordinality`,
     load: `
       SELECT event_id AS id, version, global_position AS position,
              event_type AS type, data, metadata::text AS metadata,

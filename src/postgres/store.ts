@@ -71,7 +71,7 @@ import {
 } from "./connection.ts";
 import { loadAll, loadStream, readStreamVersion } from "./read.ts";
 import { loadSnapshot, saveSnapshot } from "./snapshots.ts";
-import { append, type AppendContext } from "./append.ts";
+import type { AppendContext } from "./append.ts";
 import {
   listensOn,
   probeRoute,
@@ -82,6 +82,7 @@ import {
 } from "./route.ts";
 import { Notifier, POSTGRES_POLL_MS } from "./notify.ts";
 import { Operations } from "./operations.ts";
+import { AppendCoalescer } from "./coalesce.ts";
 import {
   DEFAULT_HELD_BACK_THRESHOLD_MS,
   heldBackStatements,
@@ -162,6 +163,10 @@ export class PostgresEventStore implements EventStore {
   #password: string | undefined;
   /** Spans, slots and typed errors of every operation. */
   readonly #operations: Operations;
+  /** Appends, coalesced while they wait for a connection. */
+  readonly #appends: AppendCoalescer;
+  /** For the application's instance: one per connection, for appends only. */
+  readonly #appendSlots: Slots | undefined;
   readonly #wakeups = new Wakeups();
   readonly #notifier: Notifier;
   /** Warns when readers stay held back by an open transaction. */
@@ -261,6 +266,21 @@ export class PostgresEventStore implements EventStore {
       run: (operation, attributes, body) =>
         this.#run(operation, attributes, body),
     };
+    // The application's instance: its pool is not counted, but its appends
+    // are, one per connection, so that those that wait can go together.
+    const appendSlots = this.#appendSlots = this.#slots === undefined
+      ? new Slots(poolSize)
+      : undefined;
+    this.#appends = new AppendCoalescer(
+      this.#context,
+      (operation) =>
+        appendSlots === undefined
+          ? this.#operations.acquire(operation)
+          : appendSlots.acquire(undefined, {
+            timedOut: () => new StoreClosedError(operation),
+            closed: () => new StoreClosedError(operation),
+          }),
+    );
     this.#notifier = new Notifier({
       sql: this.#sql,
       withConnection: (send) => this.#withConnection(send),
@@ -401,15 +421,18 @@ export class PostgresEventStore implements EventStore {
         );
         span.setAttribute("eventstore.event_count", prepared.length);
         span.setAttribute("eventstore.expected_version", String(expected));
-        return await append(
-          this.#context,
+        // The coalescer takes the connection: appends that wait for one go
+        // together when it comes free.
+        return await this.#appends.append(
           span,
           streamId,
           expected,
           prepared,
           hasCallerIds,
+          `append events for stream ${JSON.stringify(streamId.slice(0, 200))}`,
         );
       },
+      { slot: false },
     );
   }
 
@@ -585,6 +608,7 @@ export class PostgresEventStore implements EventStore {
     this.#closed = true;
     this.#slots?.close(); // operations waiting for a connection: closed
     this.#batches.close(); // projections waiting for a batch's turn too
+    this.#appendSlots?.close();
     this.#wakeups.wake(); // subscribers read again, and learn it is closed
     await this.#heldBack.close();
     await this.#notifier.close();
@@ -675,8 +699,9 @@ export class PostgresEventStore implements EventStore {
     operation: string,
     attributes: Attributes,
     body: (span: Span) => Promise<T>,
+    options?: { slot?: boolean },
   ): Promise<T> {
-    return this.#operations.run(operation, attributes, body);
+    return this.#operations.run(operation, attributes, body, options);
   }
 
   #log(level: LogLevel, message: string, fields: Record<string, unknown>) {
