@@ -9,6 +9,11 @@
  * much of what PostgreSQL and the driver can do on this machine the store
  * delivers.
  *
+ * The single-event writes (W1 and the W3 variants) also have a reference
+ * outside Deno: {@linkcode preparePgbench} runs `pgbench -M prepared` of the
+ * same 1-row INSERT into a table shaped like the baseline's, which says what
+ * the server does for a client with no JavaScript in the way.
+ *
  * @module
  */
 import postgres from "postgres";
@@ -24,22 +29,44 @@ import { orderEvents } from "./_fixtures.ts";
 
 /** One workload: `run` does one iteration of `eventsPerIteration` events. */
 export interface Workload {
-  /** A short id, e.g. `W2`, `W2 raw`. */
+  /** A short id, e.g. `W2`, `W2 raw`, `W3/64`. */
   id: string;
+  /**
+   * The id `--only` also selects it by, when not its own: `W3` for the
+   * W3 variants at other writer counts.
+   */
+  group?: string;
   /** What it does, for the table. */
   name: string;
   /** The id of the baseline it is compared with. */
   baseline?: string;
+  /**
+   * The pgbench run it is compared with, by client count: the 1-row INSERT
+   * at as many clients as the workload has writers.
+   */
+  pgbenchClients?: number;
   /** Events written or read by one iteration. */
   eventsPerIteration: number;
   /** Iterations for a full measurement. */
   iterations: number;
-  /** Does one iteration. */
-  run(): Promise<void>;
+  /**
+   * Does one iteration. Given `latencies`, a workload that times its calls
+   * (the single-event appends and their baselines) pushes each call's
+   * duration there, in milliseconds; others ignore it.
+   */
+  run(latencies?: number[]): Promise<void>;
 }
 
 /** The writers of W3. */
 export const WRITERS = 16;
+/** The writer counts W3 runs at: W3 itself, then `W3/4` and `W3/64`. */
+export const W3_WRITERS = [4, WRITERS, 64];
+/**
+ * The connections of the store's pool and of the baselines' pool, at every
+ * writer count: at 64 writers, appends queue for a connection, as in a busy
+ * application.
+ */
+export const POOL_SIZE = 16;
 /** The streams W3 writes to. */
 export const STREAMS = 1000;
 /** The length of the stream W4 loads. */
@@ -128,17 +155,13 @@ export interface PostgresWorkloads {
 export async function postgresWorkloads(
   url: string,
 ): Promise<PostgresWorkloads> {
-  const store = await PostgresEventStore.connect(url, { max: WRITERS });
+  const store = await PostgresEventStore.connect(url, { max: POOL_SIZE });
   const sql = postgres(url, {
-    max: WRITERS,
+    max: POOL_SIZE,
     onnotice: () => {},
     types: { bigint: postgres.BigInt },
   });
-  await sql`DROP TABLE IF EXISTS raw_events`;
-  await sql`CREATE TABLE raw_events (LIKE events INCLUDING ALL)`;
-  // The baseline numbers its rows the plainest way: an identity column.
-  await sql`ALTER TABLE raw_events ALTER COLUMN global_position
-            ADD GENERATED ALWAYS AS IDENTITY`;
+  await createRawTable(sql, "raw_events");
 
   const run = crypto.randomUUID().slice(0, 8);
   const batches = new Map<number, NewEvent[]>();
@@ -197,39 +220,49 @@ export async function postgresWorkloads(
   ) => {
     const streamId = `bench-${label}-${run}`;
     let version = 0;
-    return async () => {
+    return async (latencies?: number[]) => {
+      // The events are built before the clock starts: the call is timed.
+      const events = raw
+        ? []
+        : ids
+        ? batch(size).map((event) => ({ ...event, id: crypto.randomUUID() }))
+        : batch(size);
+      const started = performance.now();
       if (raw) {
         await rawInsert(streamId, version, size);
         version += size;
       } else {
-        const events = ids
-          ? batch(size).map((event) => ({ ...event, id: crypto.randomUUID() }))
-          : batch(size);
         ({ version } = await store.appendEvents(streamId, events, {
           expectedVersion: version,
         }));
       }
+      latencies?.push(performance.now() - started);
     };
   };
 
   /**
-   * W3: writers append single events to their own share of the streams
-   * (stream s belongs to writer s mod WRITERS), so the store and the
-   * baseline do the same work and no append conflicts.
+   * W3: `writers` writers append single events to their own share of the
+   * streams (stream s belongs to writer s mod writers), so the store and
+   * the baseline do the same work and no append conflicts.
    */
-  const concurrent = (raw: boolean, appendsPerWriter: number) => {
+  const concurrent = (
+    raw: boolean,
+    writers: number,
+    appendsPerWriter: number,
+  ) => {
     const versions = new Map<string, number>();
-    return async () => {
+    const share = Math.floor(STREAMS / writers);
+    return async (latencies?: number[]) => {
       await Promise.all(
-        Array.from({ length: WRITERS }, async (_, writer) => {
+        Array.from({ length: writers }, async (_, writer) => {
           for (let append = 0; append < appendsPerWriter; append++) {
-            const share = STREAMS / WRITERS;
-            const stream = writer + WRITERS *
+            const stream = writer + writers *
                 Math.floor(Math.random() * share);
-            const streamId = `bench-w3-${
+            const streamId = `bench-w3-${writers}-${
               raw ? "raw" : "store"
             }-${run}-${stream}`;
             const version = versions.get(streamId) ?? 0;
+            const started = performance.now();
             if (raw) {
               await rawInsert(streamId, version, 1);
               versions.set(streamId, version + 1);
@@ -239,6 +272,7 @@ export async function postgresWorkloads(
               });
               versions.set(streamId, result.version);
             }
+            latencies?.push(performance.now() - started);
           }
         }),
       );
@@ -275,6 +309,7 @@ export async function postgresWorkloads(
       id: "W1",
       name: "append 1 event, one stream, one writer",
       baseline: "W1 raw",
+      pgbenchClients: 1,
       eventsPerIteration: 1,
       iterations: 400,
       run: sequential("w1", 1, false),
@@ -283,6 +318,7 @@ export async function postgresWorkloads(
       id: "W1+ids",
       name: "W1 with the caller's event ids (checked against the stream)",
       baseline: "W1 raw",
+      pgbenchClients: 1,
       eventsPerIteration: 1,
       iterations: 400,
       run: sequential("w1-ids", 1, false, true),
@@ -290,6 +326,7 @@ export async function postgresWorkloads(
     {
       id: "W1 raw",
       name: "raw INSERT of 1 row",
+      pgbenchClients: 1,
       eventsPerIteration: 1,
       iterations: 400,
       run: sequential("w1-raw", 1, true),
@@ -321,21 +358,33 @@ export async function postgresWorkloads(
         run: sequential(`w2-${size}-raw`, size, true),
       },
     ]),
-    {
-      id: "W3",
-      name: `append 1 event, ${WRITERS} writers, ${STREAMS} streams`,
-      baseline: "W3 raw",
-      eventsPerIteration: WRITERS * appendsPerWriter,
-      iterations: 40,
-      run: concurrent(false, appendsPerWriter),
-    },
-    {
-      id: "W3 raw",
-      name: `raw INSERT of 1 row, ${WRITERS} writers`,
-      eventsPerIteration: WRITERS * appendsPerWriter,
-      iterations: 40,
-      run: concurrent(true, appendsPerWriter),
-    },
+    ...W3_WRITERS.flatMap((writers): Workload[] => {
+      const id = writers === WRITERS ? "W3" : `W3/${writers}`;
+      const pool = writers > POOL_SIZE ? ` (pool of ${POOL_SIZE})` : "";
+      // About 6,400 appends a measurement at every writer count.
+      const iterations = Math.max(10, 6400 / (writers * appendsPerWriter));
+      const common = {
+        group: writers === WRITERS ? undefined : "W3",
+        pgbenchClients: writers,
+        eventsPerIteration: writers * appendsPerWriter,
+        iterations,
+      };
+      return [
+        {
+          ...common,
+          id,
+          name: `append 1 event, ${writers} writers, ${STREAMS} streams${pool}`,
+          baseline: `${id} raw`,
+          run: concurrent(false, writers, appendsPerWriter),
+        },
+        {
+          ...common,
+          id: `${id} raw`,
+          name: `raw INSERT of 1 row, ${writers} writers${pool}`,
+          run: concurrent(true, writers, appendsPerWriter),
+        },
+      ];
+    }),
     {
       id: "W4",
       name: `load a ${LOAD_LENGTH.toLocaleString("en")}-event stream, decoded`,
@@ -451,4 +500,214 @@ export async function deliveryLatency(
   const at = (share: number) =>
     sorted[Math.min(sorted.length - 1, Math.floor(share * sorted.length))];
   return { p50: at(0.5), p99: at(0.99), samples: sorted.length };
+}
+
+/**
+ * Creates (or re-creates) `name` as a bare copy of the events table: the
+ * same columns and indexes, numbered by an identity column, the plainest
+ * way. The raw baselines and the pgbench reference write such tables.
+ *
+ * @param sql A connection to a migrated database.
+ * @param name The table's name.
+ */
+export async function createRawTable(
+  sql: postgres.Sql,
+  name: string,
+): Promise<void> {
+  await sql`DROP TABLE IF EXISTS ${sql(name)}`;
+  await sql`CREATE TABLE ${sql(name)} (LIKE events INCLUDING ALL)`;
+  await sql`ALTER TABLE ${sql(name)} ALTER COLUMN global_position
+            ADD GENERATED ALWAYS AS IDENTITY`;
+}
+
+/** One pgbench run: its clients, threads, duration and what it did. */
+export interface PgbenchRun {
+  clients: number;
+  threads: number;
+  seconds: number;
+  /** Transactions, i.e. rows, per second, without the connection time. */
+  tps: number;
+  /** pgbench's "latency average", in milliseconds. */
+  latencyAverageMs?: number;
+}
+
+/** The pgbench reference, prepared on one database. */
+export interface Pgbench {
+  /** The program run: `pgbench` from PATH, or from `pg_config --bindir`. */
+  program: string;
+  /** What `pgbench --version` printed. */
+  version: string;
+  /**
+   * Runs `pgbench -n -M prepared` of the 1-row INSERT for `seconds` with
+   * `clients` clients, each on its own stream, and returns its figures.
+   *
+   * @throws {Error} When pgbench fails, or runs 30 s past its duration
+   *   (then it is killed), with the end of what it printed.
+   */
+  run(clients: number, seconds: number): Promise<PgbenchRun>;
+  /** Removes the script file. The table stays with the database. */
+  close(): Promise<void>;
+}
+
+/** The pgbench script: one row per transaction, versions counted per client. */
+const PGBENCH_SCRIPT = `\\set version :version + 1
+INSERT INTO pgbench_events (stream_id, version, event_id, event_type, data, metadata)
+VALUES (CAST(:stream AS text) || :client_id, :version, gen_random_uuid(), 'ItemAdded.v1', :data, :metadata);
+`;
+
+/**
+ * Finds pgbench, on PATH first, else in `pg_config --bindir` (the server's
+ * binaries, which the tests' harness uses too).
+ *
+ * @returns The program and its version, or `undefined` when there is none.
+ */
+export async function findPgbench(): Promise<
+  { program: string; version: string } | undefined
+> {
+  const onPath = await output("pgbench", ["--version"]);
+  if (onPath?.success) {
+    return { program: "pgbench", version: onPath.text.trim() };
+  }
+  const bindir = await output("pg_config", ["--bindir"]);
+  if (!bindir?.success) return undefined;
+  const program = `${bindir.text.trim()}/pgbench`;
+  const version = await output(program, ["--version"]);
+  return version?.success
+    ? { program, version: version.text.trim() }
+    : undefined;
+}
+
+/**
+ * Prepares the pgbench reference on a migrated database: finds pgbench,
+ * creates `pgbench_events` (shaped like the raw baselines' table) and
+ * writes the script to a temporary file. pgbench connects with `url`
+ * itself (libpq takes a `postgres://` URL as its connection string), as the
+ * current user, with the password, if any, in `PGPASSWORD` rather than on
+ * its command line.
+ *
+ * @param url A migrated database.
+ * @returns The reference, or `undefined` when there is no pgbench.
+ */
+export async function preparePgbench(
+  url: string,
+): Promise<Pgbench | undefined> {
+  const found = await findPgbench();
+  if (found === undefined) return undefined;
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    await createRawTable(sql, "pgbench_events");
+  } finally {
+    await sql.end();
+  }
+  const script = await Deno.makeTempFile({
+    prefix: "pgbench_",
+    suffix: ".sql",
+  });
+  await Deno.writeTextFile(script, PGBENCH_SCRIPT);
+  const target = new URL(url);
+  const password = decodeURIComponent(target.password);
+  target.password = "";
+  const event = orderEvents(1)[0];
+  const data = Array.from(
+    cborCodec.encode(event.data),
+    (byte) => byte.toString(16).padStart(2, "0"),
+  ).join("");
+  const label = crypto.randomUUID().slice(0, 8);
+  let runs = 0;
+  return {
+    ...found,
+    async run(clients, seconds) {
+      // One thread per core, at most one per client.
+      const threads = Math.min(clients, navigator.hardwareConcurrency || 2);
+      const args = [
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        String(clients),
+        "-j",
+        String(threads),
+        "-T",
+        String(seconds),
+        "-D",
+        "version=0",
+        "-D",
+        `stream=pgbench-${label}-${++runs}-`,
+        "-D",
+        `data=\\x${data}`,
+        "-D",
+        `metadata=${JSON.stringify(event.metadata)}`,
+        "-f",
+        script,
+        target.href,
+      ];
+      const timeoutMs = (seconds + 30) * 1000;
+      const result = await output(found.program, args, {
+        env: password === "" ? {} : { PGPASSWORD: password },
+        timeoutMs,
+      });
+      const what = `pgbench -c ${clients} -j ${threads} -T ${seconds}`;
+      if (result === undefined) throw new Error(`Cannot run ${what}`);
+      if (result.timedOut) {
+        throw new Error(
+          `Cannot finish ${what}: still running after ${timeoutMs} ms, killed`,
+        );
+      }
+      const tps =
+        /^tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)$/m
+          .exec(result.text);
+      if (!result.success || tps === null) {
+        throw new Error(`Cannot finish ${what}: ${tail(result.text)}`);
+      }
+      const latency = /^latency average = ([\d.]+) ms$/m.exec(result.text);
+      return {
+        clients,
+        threads,
+        seconds,
+        tps: Number(tps[1]),
+        latencyAverageMs: latency ? Number(latency[1]) : undefined,
+      };
+    },
+    async close() {
+      await Deno.remove(script).catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * Runs `program` to its end (killed after `timeoutMs`) and returns what it
+ * printed, stdout then stderr; `undefined` when it cannot be started.
+ */
+async function output(
+  program: string,
+  args: string[],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<
+  { success: boolean; text: string; timedOut: boolean } | undefined
+> {
+  const signal = AbortSignal.timeout(options.timeoutMs ?? 10_000);
+  try {
+    // output() waits for the process, killed or not: nothing is left behind.
+    const { success, stdout, stderr } = await new Deno.Command(program, {
+      args,
+      env: { PGCONNECT_TIMEOUT: "10", LC_MESSAGES: "C", ...options.env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal,
+    }).output();
+    const decoder = new TextDecoder();
+    return {
+      success,
+      text: decoder.decode(stdout) + decoder.decode(stderr),
+      timedOut: !success && signal.aborted,
+    };
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+}
+
+function tail(text: string, lines = 10): string {
+  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }

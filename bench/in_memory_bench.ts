@@ -9,6 +9,6 @@ for (const workload of inMemoryWorkloads()) {
   Deno.bench({
     name: `${workload.name} (${workload.eventsPerIteration} events)`,
     group: workload.id === "MLOAD" ? "load" : "append",
-    fn: workload.run,
+    fn: () => workload.run(),
   });
 }

@@ -18,12 +18,12 @@ const database = await createTestDatabase({ durable: true });
 const { workloads } = await postgresWorkloads(database.url);
 
 for (const workload of workloads) {
-  const group = workload.baseline ?? workload.id.replace(/ raw$/, "");
+  const group = (workload.baseline ?? workload.id).replace(/ raw$/, "");
   Deno.bench({
     name:
       `${workload.id}: ${workload.name} (${workload.eventsPerIteration} events)`,
     group,
     baseline: workload.id.endsWith(" raw"),
-    fn: workload.run,
+    fn: () => workload.run(),
   });
 }
