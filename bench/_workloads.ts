@@ -55,6 +55,12 @@ export interface Workload {
    * duration there, in milliseconds; others ignore it.
    */
   run(latencies?: number[]): Promise<void>;
+  /**
+   * For the store's appends: the sizes of the groups the store coalesced
+   * appends into since the last call (its "Appends coalesced" records), and
+   * forgets them. Appends that went alone are not among them.
+   */
+  coalesced?: () => number[];
 }
 
 /** The writers of W3. */
@@ -155,7 +161,21 @@ export interface PostgresWorkloads {
 export async function postgresWorkloads(
   url: string,
 ): Promise<PostgresWorkloads> {
-  const store = await PostgresEventStore.connect(url, { max: POOL_SIZE });
+  // The sizes of the groups the store coalesced appends into.
+  let groups: number[] = [];
+  const store = await PostgresEventStore.connect(url, {
+    max: POOL_SIZE,
+    logger: (record) => {
+      if (record.message === "Appends coalesced") {
+        groups.push(Number(record.fields?.appends));
+      }
+    },
+  });
+  const coalesced = () => {
+    const formed = groups;
+    groups = [];
+    return formed;
+  };
   const sql = postgres(url, {
     max: POOL_SIZE,
     onnotice: () => {},
@@ -376,6 +396,7 @@ export async function postgresWorkloads(
           name: `append 1 event, ${writers} writers, ${STREAMS} streams${pool}`,
           baseline: `${id} raw`,
           run: concurrent(false, writers, appendsPerWriter),
+          coalesced,
         },
         {
           ...common,

@@ -118,10 +118,11 @@ function selected(workload: Workload, only: string[]): boolean {
 async function measure(
   workload: Workload,
   smoke: boolean,
-): Promise<{ eventsPerSecond: number; latencies: number[] }> {
+): Promise<{ eventsPerSecond: number; latencies: number[]; groups: number[] }> {
   const iterations = smoke ? 2 : workload.iterations;
   const warmup = smoke ? 1 : Math.max(2, Math.ceil(iterations / 10));
   for (let iteration = 0; iteration < warmup; iteration++) await workload.run();
+  workload.coalesced?.(); // not the warm-up's
   const latencies: number[] = [];
   const started = performance.now();
   for (let iteration = 0; iteration < iterations; iteration++) {
@@ -131,6 +132,7 @@ async function measure(
   return {
     eventsPerSecond: (iterations * workload.eventsPerIteration) / seconds,
     latencies,
+    groups: workload.coalesced?.() ?? [],
   };
 }
 
@@ -156,6 +158,34 @@ function pgbenchId(clients: number): string {
 interface Measured {
   runs: number[];
   latencies: number[];
+  /** The sizes of the groups the store coalesced its appends into. */
+  groups: number[];
+}
+
+/**
+ * What the store coalesced a workload's appends into, over every timed run:
+ * groups, their mean and largest size, and the share of appends that went
+ * in one; `undefined` for workloads that do not say.
+ */
+function coalescingOf(
+  workload: Workload,
+  measured: Measured,
+): {
+  groups: number;
+  meanSize: number;
+  maxSize: number;
+  share: number;
+} | undefined {
+  if (workload.coalesced === undefined) return undefined;
+  const { groups } = measured;
+  const grouped = groups.reduce((sum, size) => sum + size, 0);
+  const appends = measured.latencies.length; // one per timed append
+  return {
+    groups: groups.length,
+    meanSize: groups.length === 0 ? 0 : grouped / groups.length,
+    maxSize: groups.length === 0 ? 0 : Math.max(...groups),
+    share: appends === 0 ? 0 : grouped / appends,
+  };
 }
 
 interface Row {
@@ -343,7 +373,9 @@ async function main(): Promise<void> {
     const workloads = [...inMemoryWorkloads(), ...postgresSet.workloads]
       .filter((workload) => selected(workload, options.only));
     const results = new Map<Workload, Measured>(
-      workloads.map((workload) => [workload, { runs: [], latencies: [] }]),
+      workloads.map((
+        workload,
+      ) => [workload, { runs: [], latencies: [], groups: [] }]),
     );
     // The pgbench runs the selected workloads compare with.
     const clientCounts = [
@@ -366,13 +398,14 @@ async function main(): Promise<void> {
       // Runs interleave the workloads, so a noisy moment hurts all alike.
       for (let run = 1; run <= options.runs; run++) {
         for (const workload of workloads) {
-          const { eventsPerSecond, latencies } = await measure(
+          const { eventsPerSecond, latencies, groups } = await measure(
             workload,
             options.smoke,
           );
           const measured = results.get(workload)!;
           measured.runs.push(eventsPerSecond);
           measured.latencies.push(...latencies);
+          measured.groups.push(...groups);
           console.error(
             `run ${run}/${options.runs} ${workload.id}: ${
               Math.round(eventsPerSecond).toLocaleString("en")
@@ -404,6 +437,10 @@ async function main(): Promise<void> {
       : `pgbench: ${pgbench.version}, \`pgbench -n -M prepared\` of a 1-row INSERT into a copy of the raw baselines' table, ${pgbenchSeconds} s per client count and run, on the same database.`;
     const report = {
       latency,
+      coalescing: [...results].flatMap(([workload, measured]) => {
+        const formed = coalescingOf(workload, measured);
+        return formed === undefined ? [] : [{ id: workload.id, ...formed }];
+      }),
       date: new Date().toISOString(),
       smoke: options.smoke,
       runs: options.runs,
@@ -429,6 +466,21 @@ async function main(): Promise<void> {
       }${formatTable(rows, options.smoke)}`,
     );
     if (pgbenchNote !== undefined) console.log(`\n${pgbenchNote}`);
+    const coalescing = [...results].flatMap(([workload, measured]) => {
+      const formed = coalescingOf(workload, measured);
+      return formed === undefined ? [] : [{ id: workload.id, ...formed }];
+    });
+    for (const formed of coalescing) {
+      console.log(
+        `${formed.id}: the store coalesced ${
+          Math.round(formed.share * 100)
+        }% of its appends, into ${
+          formed.groups.toLocaleString("en")
+        } groups of ${
+          formed.meanSize.toFixed(1)
+        } on average (largest ${formed.maxSize}); the others went alone.`,
+      );
+    }
     if (latency !== undefined) {
       console.log(
         `\nW7 delivery from an append's commit to a live subscriber (${latency.samples} appends, 20 ms apart): p50 ${
