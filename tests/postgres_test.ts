@@ -295,24 +295,18 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.deepEqual(all[0].data, { slow: true });
   });
 
-  Deno.test("PostgresEventStore: appends NOTIFY subscribers of other pools (other processes alike)", async () => {
-    const notified = Promise.withResolvers<string>();
-    const listener = await admin.listen(
-      "eventstore_public",
-      (payload) => notified.resolve(payload),
-    );
-    const timer = setTimeout(
-      () => notified.reject(new Error("no NOTIFY within 10 s")),
-      10_000,
-    );
-    try {
+  Deno.test("PostgresEventStore: appends wake subscribers of other pools (other processes alike), with no NOTIFY", async () => {
+    // Nothing is sent on the store's old channel: the append path pays for
+    // no notification.
+    let notified = 0;
+    const listener = await admin.listen("eventstore_public", () => notified++);
+    {
       await using writer = await open();
-      await writer.appendEvents(newStreamId(), events(1));
-      assert.equal(await notified.promise, "");
-    } finally {
-      clearTimeout(timer);
-      await listener.unlisten();
+      await writer.appendEvents(newStreamId(), events(3));
+      await new Promise((resolve) => setTimeout(resolve, 100));
     }
+    await listener.unlisten();
+    assert.equal(notified, 0);
     // A subscriber of another store sees an append of this one.
     await using reader = await open();
     await using writer = await open();
@@ -325,10 +319,13 @@ async function registerTests(database: TestDatabase): Promise<void> {
         return event.streamId;
       }
     })();
+    // Once the subscription reads (and so the reader's watch runs).
+    await new Promise((resolve) => setTimeout(resolve, 100));
     await writer.appendEvents(`${category}-1`, events(1));
     const guard = setTimeout(() => stop.abort(), 10_000);
     assert.equal(await received, `${category}-1`);
     clearTimeout(guard);
+    // How soon: W7 in bench:report (a benchmark, not a timed test).
   });
 
   Deno.test("PostgresEventStore: a projection's writes through its transaction commit with the checkpoint (exactly once)", async () => {
@@ -804,18 +801,12 @@ async function registerTests(database: TestDatabase): Promise<void> {
     await store.appendEvents(newStreamId(), events(3));
     await delivered;
     clearTimeout(timeout);
-    // Let the coalesced NOTIFY go out and come back.
+    // Let the watch for other processes' appends look once more.
     await store.appendEvents(newStreamId(), events(1));
     await new Promise((resolve) => setTimeout(resolve, 50));
     assert.deepEqual(seen, [1, 2, 3]);
     const warnings = records.filter((record) => record.level === "warn");
     assert.deepEqual(warnings, []);
-    // Two long names that share their first 52 characters get two channels.
-    const { channelFor } = await import("../src/postgres/statements.ts");
-    const other = `"${schema.slice(0, 60)}yyy"`;
-    assert.ok(channelFor(`"${schema}"`).length <= 63);
-    assert.notEqual(channelFor(`"${schema}"`), channelFor(other));
-    assert.equal(channelFor('"public"'), "eventstore_public");
     await admin.unsafe(`DROP SCHEMA "${schema}" CASCADE`);
   });
 

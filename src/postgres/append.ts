@@ -46,8 +46,8 @@ const LOCK_STALL_LIMIT_MS = 1_000;
 
 /** What an append needs of the store: its statements, and who to tell. */
 export interface AppendContext extends QueryContext {
-  /** Tells subscribers that an append committed. */
-  notifyAppended(): void;
+  /** Tells subscribers that an append committed, up to `position`. */
+  notifyAppended(position: bigint): void;
 }
 
 /**
@@ -126,9 +126,10 @@ export async function append(
         );
         if (inserted !== undefined) {
           const version = Number(inserted.version);
+          const globalPosition = BigInt(inserted.position);
           span.setAttribute("eventstore.version", version);
-          context.notifyAppended();
-          return { version, globalPosition: BigInt(inserted.position) };
+          context.notifyAppended(globalPosition);
+          return { version, globalPosition };
         }
       }
       const [row] = single
@@ -189,9 +190,10 @@ export async function append(
         throw conflict(context.log, streamId, expected, previous);
       }
       const version = previous + prepared.length;
+      const globalPosition = BigInt(row.position);
       span.setAttribute("eventstore.version", version);
-      context.notifyAppended();
-      return { version, globalPosition: BigInt(row.position) };
+      context.notifyAppended(globalPosition);
+      return { version, globalPosition };
     } catch (error) {
       // Sent again after a lost connection: looking for its ids, the
       // next attempt returns the first one's result if that did

@@ -195,7 +195,7 @@ export class AppendCoalescer {
       this.#context.log("debug", "Appends coalesced", {
         appends: group.length,
       });
-      let appended = false;
+      let appended = -1n;
       group.forEach((request, index) => {
         const row = rows[index];
         if (row.exhausted) {
@@ -235,14 +235,12 @@ export class AppendCoalescer {
         } else {
           const version = Number(row.previous) + 1;
           request.span.setAttribute("eventstore.version", version);
-          appended = true;
-          request.resolve({
-            version,
-            globalPosition: BigInt(row.position as bigint),
-          });
+          const globalPosition = BigInt(row.position as bigint);
+          if (globalPosition > appended) appended = globalPosition;
+          request.resolve({ version, globalPosition });
         }
       });
-      if (appended) this.#context.notifyAppended();
+      if (appended >= 0n) this.#context.notifyAppended(appended);
     } finally {
       for (const request of group) this.#busy.delete(request.streamId);
     }

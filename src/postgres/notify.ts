@@ -1,7 +1,18 @@
 /**
- * How the PostgreSQL store tells subscribers (in any process) that appends
- * committed: one NOTIFY for the appends of a few milliseconds, and one
- * LISTEN per store. Private to the package.
+ * How the PostgreSQL store wakes its subscribers when events may have been
+ * appended, without costing the append anything: in this process at once,
+ * from other processes by watching the head of the events table. Private to
+ * the package.
+ *
+ * It used to be LISTEN/NOTIFY: every few milliseconds of appends sent a
+ * NOTIFY on another connection, and that halved the rate of a single writer
+ * (W1 at 0.40–0.43 of its raw baseline with it, 0.60–0.80 without, the same
+ * runs alternating: docs/performance.md). Now an append only wakes the
+ * subscribers of its own store (no SQL); a store whose subscriptions or
+ * projections are reading asks for the highest global position every
+ * {@linkcode HEAD_POLL_MS} (one backward probe of the position index) and
+ * wakes them when it moved. It works behind every pooler (LISTEN did not in
+ * transaction mode) and loses nothing to a dropped listening connection.
  *
  * @module
  */
@@ -11,38 +22,31 @@ import type { PostgresSql } from "./driver.ts";
 import type { Log } from "./read.ts";
 
 /**
- * How long a quiet subscription sleeps between reads: the safety net behind
- * NOTIFY (a reader held back by an older running transaction is not
- * notified again when that one ends).
+ * How long a quiet subscription sleeps between reads: the safety net
+ * behind the wake-ups (a reader held back by an older running transaction
+ * is not woken again when that one ends).
  */
 export const POSTGRES_POLL_MS = 1_000;
 
 /**
- * How long an append's NOTIFY waits for others to share it: a few
- * milliseconds of delivery delay against one notification per append.
+ * How often a store with active readers looks at the head of the events
+ * table: the delay before a subscriber learns of another process's append.
  */
-const NOTIFY_DELAY_MS = 5;
+export const HEAD_POLL_MS = 25;
 
-/** How long a notification of the store's own may take to show that LISTEN works. */
-const LISTEN_PROBE_MS = 1_000;
+/** How long after their last read readers count as active. */
+const ACTIVE_MS = 3_000;
 
 /** What a {@linkcode Notifier} needs of its store. */
 export interface NotifierContext {
   /** The postgres.js instance. */
   readonly sql: PostgresSql;
-  /**
-   * Whether LISTEN can work on this route: `"yes"` (PostgreSQL itself),
-   * `"verify"` (a pooler that may or may not keep a listening client on one
-   * server connection: a notification of its own must get through first),
-   * `"no"` (a pooler in transaction mode). Subscriptions poll regardless.
-   */
-  listens(): "yes" | "verify" | "no";
   /** Sends a statement when a connection of the store's pool is free for it. */
   withConnection<T>(send: () => Promise<T>): Promise<T>;
-  /** The statement that sends the NOTIFY. */
-  readonly notify: string;
-  /** The channel appends notify. */
-  readonly channel: string;
+  /** The statement that reads the highest global position (`head`). */
+  readonly head: string;
+  /** Whether statements are prepared. */
+  prepare(): boolean;
   /** What subscribers of this store wait on. */
   readonly wakeups: Wakeups;
   /** The store's calls in flight, which `close()` lets finish. */
@@ -53,128 +57,104 @@ export interface NotifierContext {
   readonly log: Log;
 }
 
-/** The NOTIFY after appends and the LISTEN of one store. */
+/** The wake-ups of one store's subscribers. */
 export class Notifier {
   readonly #context: NotifierContext;
-  #listening: Promise<void> | undefined;
-  #unlisten: (() => Promise<void>) | undefined;
-  #notifyTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The highest position seen: polled, or appended by this store. */
+  #head = -1n;
+  #watching = false;
+  #lastRead = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #polling: Promise<void> | undefined;
 
-  /** @param context The store's instance, channel, wake-ups and log. */
+  /** @param context The store's instance, statement, wake-ups and log. */
   constructor(context: NotifierContext) {
     this.#context = context;
   }
 
   /**
-   * Tells subscribers (in any process) that appends committed: a NOTIFY
-   * after the appends, not inside them. Inside, every committing append
-   * takes PostgreSQL's notification queue lock, which serialized commits and
-   * cut 16-writer throughput (W3) from 0.8 to 0.37 of its baseline
-   * (measured). After, appends that commit within `NOTIFY_DELAY_MS` of each
-   * other share one NOTIFY, sent without waiting for the disk.
+   * An append of this store committed at `position`: its subscribers read
+   * at once. Costs the append nothing but this call.
    */
-  notifyAppended(): void {
-    if (this.#notifyTimer !== undefined) return;
-    this.#notifyTimer = setTimeout(() => {
-      this.#notifyTimer = undefined;
-      this.#sendNotify();
-    }, NOTIFY_DELAY_MS);
-  }
-
-  #sendNotify(): void {
-    const { inFlight, log } = this.#context;
-    // No parameters: the simple protocol runs both statements of `notify`
-    // as one implicit transaction.
-    const sending = this.#context.withConnection(() =>
-      this.#context.sql.unsafe(this.#context.notify)
-    ).then(
-      () => {},
-      (error) => {
-        // Subscribers fall back on their poll; the appends stand.
-        log("warn", "Cannot notify subscribers", {
-          error: error instanceof Error ? error.message : String(error),
-        });
-      },
-    );
-    inFlight.add(sending);
-    sending.then(() => inFlight.delete(sending));
+  notifyAppended(position: bigint): void {
+    if (position > this.#head) this.#head = position;
+    this.#context.wakeups.wake();
   }
 
   /**
-   * Listens (once per store) for the NOTIFY that appends send.
-   * A store that cannot listen still delivers, by polling: it logs why.
+   * Readers of this store are active (a subscription or projection read):
+   * the head is watched for other processes' appends while they are.
    */
+  readerActive(): void {
+    this.#lastRead = performance.now();
+    if (!this.#watching && !this.#context.closed()) this.#schedule();
+  }
+
+  /** For subscriptions, before their first read: starts the watch. */
   listen(): Promise<void> {
-    // A subscription that outlived close() must not listen again.
-    if (this.#context.closed()) return Promise.resolve();
-    this.#listening ??= this.#startListening().catch((error) => {
-      this.#context.log(
-        "warn",
-        "Cannot listen for appends; subscriptions poll",
-        { error: error instanceof Error ? error.message : String(error) },
-      );
-    });
-    return this.#listening;
+    this.readerActive();
+    return Promise.resolve();
   }
 
-  async #startListening(): Promise<void> {
-    const { sql, channel, wakeups, log } = this.#context;
-    const listens = this.#context.listens();
-    if (listens === "no") {
-      log("info", "Not listening through a pooler in transaction mode", {
-        pollMs: POSTGRES_POLL_MS,
+  #schedule(): void {
+    this.#watching = true;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (
+        this.#context.closed() ||
+        performance.now() - this.#lastRead > ACTIVE_MS
+      ) {
+        this.#watching = false; // readers gone quiet: the next read restarts it
+        return;
+      }
+      const polling = this.#poll().finally(() => {
+        this.#polling = undefined;
+        if (this.#context.closed()) this.#watching = false;
+        else this.#schedule();
       });
-      return;
-    }
-    const probe = listens === "verify" ? crypto.randomUUID() : undefined;
-    const heard = Promise.withResolvers<void>();
-    const { unlisten } = await sql.listen(channel, (payload) => {
-      if (probe !== undefined && payload === probe) heard.resolve();
-      wakeups.wake();
-    });
-    this.#unlisten = unlisten;
-    if (probe === undefined) return;
-    // Behind a pooler in transaction mode the listening server connection
-    // goes back to the pool, and notifications reach nobody: only one of
-    // our own that arrives shows that LISTEN works here.
-    await this.#context.withConnection(() =>
-      sql.unsafe(`SELECT pg_notify($1, $2)`, [channel, probe], {
-        prepare: false,
-      })
-    );
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const arrived = await Promise.race([
-      heard.promise.then(() => true),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), LISTEN_PROBE_MS);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (!arrived) {
-      this.#unlisten = undefined;
-      await unlisten().catch(() => {});
-      log(
-        "info",
-        "Notifications do not get through the pooler; subscriptions poll",
-        {
-          pollMs: POSTGRES_POLL_MS,
-        },
+      this.#polling = polling;
+      const { inFlight } = this.#context;
+      inFlight.add(polling);
+      polling.then(() => inFlight.delete(polling));
+    }, HEAD_POLL_MS);
+    unrefTimer(this.#timer);
+  }
+
+  async #poll(): Promise<void> {
+    const { sql, head, log } = this.#context;
+    try {
+      const [row] = await this.#context.withConnection(() =>
+        sql.unsafe(head, [], { prepare: this.#context.prepare() })
       );
+      const position = row?.head === null || row?.head === undefined
+        ? 0n
+        : BigInt(row.head);
+      if (this.#head >= 0n && position > this.#head) {
+        this.#context.wakeups.wake();
+      }
+      if (position > this.#head) this.#head = position;
+    } catch (error) {
+      // Subscribers fall back on their poll; the next look may work.
+      log("debug", "Cannot read the head of the events table", {
+        error: error instanceof Error ? error.message : String(error),
+      });
     }
   }
 
-  /**
-   * Sends the NOTIFY still due, then waits for the LISTEN to start and
-   * stops it. Never throws.
-   */
+  /** Stops the watch and waits for a look in flight. Never throws. */
   async close(): Promise<void> {
-    if (this.#notifyTimer !== undefined) {
-      // Appends that were still to be announced: announce them now.
-      clearTimeout(this.#notifyTimer);
-      this.#notifyTimer = undefined;
-      this.#sendNotify();
-    }
-    await this.#listening;
-    await this.#unlisten?.().catch(() => {});
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#watching = false;
+    await this.#polling;
+  }
+}
+
+/** Lets the process exit while the timer waits. */
+function unrefTimer(timer: ReturnType<typeof setTimeout>): void {
+  try {
+    globalThis.Deno?.unrefTimer(timer as unknown as number);
+  } catch {
+    (timer as { unref?: () => void }).unref?.();
   }
 }

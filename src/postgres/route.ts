@@ -207,21 +207,6 @@ export function refuseRoute(
 }
 
 /**
- * Whether subscriptions should LISTEN on a route: `"yes"` on PostgreSQL
- * itself, `"verify"` behind a pooler that may keep a listening client on one
- * server connection (a notification of the store's own must get through
- * first), `"no"` behind one in transaction mode. Before the route is known:
- * `"yes"`.
- */
-export function listensOn(route: Route | undefined): "yes" | "verify" | "no" {
-  return route === undefined || route === "direct"
-    ? "yes"
-    : route === "pooled"
-    ? "verify"
-    : "no";
-}
-
-/**
  * Whether a pooler refused a transaction: PgBouncer's statement mode answers
  * BEGIN with FATAL 08P01 ("transaction blocks not allowed in statement
  * pooling mode") and closes the connection, which postgres.js may report as

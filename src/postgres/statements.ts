@@ -67,30 +67,6 @@ export function byteaArrayLiteral(values: readonly Uint8Array[]): string {
 }
 
 /**
- * The LISTEN/NOTIFY channel of a store's schema (given quoted, as checked by
- * `quoteSchema`: letters, digits and underscores only): `eventstore_` and
- * the name. A channel is an identifier, at most 63 bytes, and PostgreSQL
- * refuses a longer one ("channel name too long", on every NOTIFY), so for a
- * schema name past 52 characters it is the name's first 43 and a hash of
- * the whole (FNV-1a, 8 hex digits): the same in every process, apart for
- * names that share a prefix.
- */
-export function channelFor(quotedSchema: string): string {
-  const name = quotedSchema.slice(1, -1);
-  const channel = `eventstore_${name}`;
-  if (channel.length <= MAX_IDENTIFIER_BYTES) return channel;
-  let hash = 0x811c9dc5;
-  for (let index = 0; index < name.length; index++) {
-    hash = Math.imul(hash ^ name.charCodeAt(index), 0x01000193) >>> 0;
-  }
-  const suffix = `_${hash.toString(16).padStart(8, "0")}`;
-  return channel.slice(0, MAX_IDENTIFIER_BYTES - suffix.length) + suffix;
-}
-
-/** PostgreSQL's NAMEDATALEN − 1: the longest identifier, in bytes. */
-const MAX_IDENTIFIER_BYTES = 63;
-
-/**
  * Events one transaction can append: a position is the transaction's id plus
  * the offset of migration 007 (`position_offset()`, 0 until a restore into
  * another cluster), shifted left by 20 bits, plus the event's index in the
@@ -174,10 +150,11 @@ export interface Statements {
    */
   readAll: string;
   /**
-   * Wakes subscribers. Its own transaction, which need not wait for the
-   * disk: a notification is not data, and a lost one only costs a poll.
+   * The highest global position stored (`head`, null when none): one
+   * backward probe of the position index, for the watch that wakes
+   * subscribers when another process appended (`notify.ts`).
    */
-  notify: string;
+  head: string;
   /** `$1` projection name; zero or one row with `position`. */
   projectionPosition: string;
   /** `$1` projection name, `$2` position: saves it. */
@@ -342,8 +319,7 @@ export function statementsFor(schema: string): Statements {
         AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
       ORDER BY global_position
       LIMIT $2::bigint`,
-    notify: `SET LOCAL synchronous_commit = off;
-             SELECT pg_notify('${channelFor(schema)}', '')`,
+    head: `SELECT max(global_position) AS head FROM ${events}`,
     projectionPosition: `
       SELECT position FROM ${schema}.projection_checkpoints WHERE name = $1`,
     saveProjectionPosition: `

@@ -55,7 +55,7 @@ import {
   subscription,
   Wakeups,
 } from "../_subscription.ts";
-import { channelFor, type Statements, statementsFor } from "./statements.ts";
+import { type Statements, statementsFor } from "./statements.ts";
 import {
   checkInstance,
   checkOptions,
@@ -73,7 +73,6 @@ import { loadAll, loadStream, readStreamVersion } from "./read.ts";
 import { loadSnapshot, saveSnapshot } from "./snapshots.ts";
 import type { AppendContext } from "./append.ts";
 import {
-  listensOn,
   probeRoute,
   refuseRoute,
   type Route,
@@ -262,7 +261,7 @@ export class PostgresEventStore implements EventStore {
           : options.statementTimeout;
       },
       log: (level, message, fields) => this.#log(level, message, fields),
-      notifyAppended: () => this.#notifier.notifyAppended(),
+      notifyAppended: (position) => this.#notifier.notifyAppended(position),
       run: (operation, attributes, body) =>
         this.#run(operation, attributes, body),
     };
@@ -283,10 +282,10 @@ export class PostgresEventStore implements EventStore {
     );
     this.#notifier = new Notifier({
       sql: this.#sql,
-      withConnection: (send) => this.#withConnection(send),
-      listens: () => listensOn(store.#route),
-      notify: this.#statements.notify,
-      channel: channelFor(quoteSchema(schema)),
+      withConnection: (send) =>
+        this.#withConnection(send, "look for appends of other processes"),
+      head: this.#statements.head,
+      prepare: () => store.#prepare,
       wakeups: this.#wakeups,
       inFlight: this.#operations.inFlight,
       closed: () => this.#closed,
@@ -462,6 +461,7 @@ export class PostgresEventStore implements EventStore {
   /** {@inheritDoc EventStore.readAll} */
   readAll<D>(options?: ReadAllOptions): Promise<RecordedEvent<D>[]> {
     this.#heldBack.readerActive();
+    this.#notifier.readerActive();
     return this.#run("read all events", {}, async (span) => {
       const range = checkReadAllOptions(options);
       const events = await loadAll<D>(this.#context, range);
@@ -666,7 +666,6 @@ export class PostgresEventStore implements EventStore {
         route: probe.route,
         evidence: probe.evidence,
         prepare: this.#prepare,
-        listen: listensOn(probe.route),
       });
     }
   }
