@@ -421,7 +421,7 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.ok(withInput.length > 200, `${withInput.length} operations`);
 
     // 2. The schema appears in statements only double-quoted, or inside a
-    // name derived from it (the NOTIFY channel, advisory lock keys), which
+    // name derived from it (advisory lock keys), which
     // the checked name (letters, digits, "_") cannot break out of.
     const unquoted = sent
       .map((query) =>

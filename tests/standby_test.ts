@@ -288,8 +288,8 @@ function registerTests(primary: ControlledCluster, standby: Standby): void {
     assert.equal(await reader.projectionPosition(`${category}-p`), 0n);
 
     // The replicated events, then those appended on the primary after the
-    // subscription started: NOTIFY is not replicated (and LISTEN is refused
-    // during recovery), so the subscription's poll delivers them.
+    // subscription started: the standby's store sees them arrive by its
+    // watch of the head (a read, which a standby allows).
     const controller = new AbortController();
     const timeout = setTimeout(() => controller.abort(), WAIT_MS);
     const delivered: RecordedEvent<Data>[] = [];

@@ -91,7 +91,8 @@ export class Operations {
   /**
    * Runs `send` once a connection of the pool is free for it, like an
    * operation: for the store's own statements outside operations (the
-   * NOTIFY after appends, the check for readers held back). With no more
+   * watch of the head for other processes' appends, the check for readers
+   * held back). With no more
    * statements in flight than connections, postgres.js never pipelines one
    * behind another on a connection, which a pooler in transaction mode
    * cannot follow: it gives the server connection back at the first

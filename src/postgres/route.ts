@@ -19,7 +19,7 @@ import type { PostgresSql } from "./driver.ts";
  *   too busy to tell).
  * - `"transaction"`: a pooler moved the probe's statements between server
  *   connections: PgBouncer's transaction mode. Named prepared statements
- *   and LISTEN do not work there.
+ *   do not work there.
  * - `"statement"`: a pooler refused a transaction: PgBouncer's statement
  *   mode, where the store cannot work (appends with ids, projections).
  */

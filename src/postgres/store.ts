@@ -647,8 +647,8 @@ export class PostgresEventStore implements EventStore {
   }
 
   /**
-   * Takes what {@linkcode probeRoute} found: how to prepare statements and
-   * whether to LISTEN, or a refusal.
+   * Takes what {@linkcode probeRoute} found: how to prepare statements, or
+   * a refusal.
    *
    * @throws {UnsupportedServerError} A pooler the store cannot work behind.
    */
