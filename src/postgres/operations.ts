@@ -92,10 +92,9 @@ export class Operations {
    * Runs `send` once a connection of the pool is free for it, like an
    * operation: for the store's own statements outside operations (the
    * watch of the head for other processes' appends, the check for readers
-   * held back). With no more
-   * statements in flight than connections, postgres.js never pipelines one
-   * behind another on a connection, which a pooler in transaction mode
-   * cannot follow: it gives the server connection back at the first
+   * held back). With no more statements in flight than connections,
+   * postgres.js never pipelines one behind another on a connection, which a
+   * pooler in transaction mode cannot follow: it gives the server connection back at the first
    * ReadyForQuery, and the answers to what was pipelined behind reach no
    * client (PgBouncer 1.18: "got packet from server when not linked"; that
    * call then never answers).
