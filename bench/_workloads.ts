@@ -237,8 +237,8 @@ export async function postgresWorkloads(
     size: number,
     raw: boolean,
     ids = false,
+    streamId = `bench-${label}-${run}`,
   ) => {
-    const streamId = `bench-${label}-${run}`;
     let version = 0;
     return async (latencies?: number[]) => {
       // The events are built before the clock starts: the call is timed.
@@ -259,6 +259,19 @@ export async function postgresWorkloads(
       latencies?.push(performance.now() - started);
     };
   };
+
+  // W1+sub: W1's appends while a subscriber of another store (as another
+  // process would be) follows them, so that what a live subscriber costs
+  // the append path shows beside W1.
+  const followedCategory = `w1sub${run}`;
+  const followed = sequential(
+    "w1-sub",
+    1,
+    false,
+    false,
+    `${followedCategory}-1`,
+  );
+  const follower = await subscriberOf(url, followedCategory);
 
   /**
    * W3: `writers` writers append single events to their own share of the
@@ -342,6 +355,19 @@ export async function postgresWorkloads(
       eventsPerIteration: 1,
       iterations: 400,
       run: sequential("w1-ids", 1, false, true),
+    },
+    {
+      id: "W1+sub",
+      name: "W1 while a subscriber of another store follows the stream",
+      baseline: "W1 raw",
+      group: "W1",
+      pgbenchClients: 1,
+      eventsPerIteration: 1,
+      iterations: 400,
+      run: async (latencies?: number[]) => {
+        follower.follow();
+        await followed(latencies);
+      },
     },
     {
       id: "W1 raw",
@@ -458,8 +484,51 @@ export async function postgresWorkloads(
   return {
     workloads,
     async close() {
+      await follower.close();
       await store.close();
       await sql.end();
+    },
+  };
+}
+
+/**
+ * A subscriber of its own store that follows `category` while appends to it
+ * keep coming: started by `follow()`, it stops by itself two seconds after
+ * the last call, so that it costs nothing to the workloads run after.
+ */
+async function subscriberOf(url: string, category: string): Promise<{
+  follow(): void;
+  close(): Promise<void>;
+}> {
+  const reader = await PostgresEventStore.connect(url, { max: 2 });
+  let lastCall = 0;
+  let following: Promise<void> | undefined;
+  let stop: AbortController | undefined;
+  return {
+    follow() {
+      lastCall = performance.now();
+      if (following !== undefined) return;
+      const controller = stop = new AbortController();
+      const idle = setInterval(() => {
+        if (performance.now() - lastCall > 2_000) controller.abort();
+      }, 250);
+      following = (async () => {
+        try {
+          for await (
+            const _ of reader.subscribe({ category, signal: controller.signal })
+          ) {
+            // Delivered: nothing more to do with it.
+          }
+        } finally {
+          clearInterval(idle);
+          following = undefined;
+        }
+      })();
+    },
+    async close() {
+      stop?.abort();
+      await following;
+      await reader.close();
     },
   };
 }
