@@ -869,9 +869,10 @@ export async function postgresUser(
  * A bash prologue that returns once this `deno` process ($1) is gone, then
  * shifts it off. `kill -0` also succeeds for a zombie, which its parent may
  * be slow to reap (the postmaster's parent is init once pg_ctl has exited),
- * so /proc is asked too where there is one.
+ * so /proc is asked too where there is one. It defines `alive PID` for the
+ * script that follows.
  */
-const AFTER_DENO_EXITS = `
+export const AFTER_DENO_EXITS = `
 alive() {
   kill -0 "$1" 2>/dev/null || return 1
   [ -r "/proc/$1/stat" ] || return 0

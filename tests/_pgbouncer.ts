@@ -21,6 +21,8 @@
  * @module
  */
 
+import { AFTER_DENO_EXITS } from "./_database.ts";
+
 /** How PgBouncer hands server connections to clients (`pool_mode`). */
 export type PoolMode = "session" | "transaction" | "statement";
 
@@ -466,20 +468,11 @@ function running(
 
 /**
  * Once this `deno` process ($1) is gone, stops the PgBouncer whose pid file
- * is in $2 and deletes $2. `kill -0` also succeeds for a zombie, so /proc is
- * asked too where there is one. A PgBouncer that was started but has not
- * yet written its pid file is given a moment to do so.
+ * is in $2 and deletes $2 (the wait is tests/_database.ts's, which then
+ * shifts $1 off). A PgBouncer that was started but has not yet written its
+ * pid file is given a moment to do so.
  */
-const STOP_PGBOUNCER = `
-alive() {
-  kill -0 "$1" 2>/dev/null || return 1
-  [ -r "/proc/$1/stat" ] || return 0
-  local stat
-  read -r stat < "/proc/$1/stat"
-  [[ "\${stat##*) }" != Z* ]]
-}
-while alive "$1"; do sleep 0.2; done
-dir=$2
+const STOP_PGBOUNCER = `${AFTER_DENO_EXITS}dir=$1
 [ -d "$dir" ] || exit 0
 pidfile="$dir/pgbouncer.pid"
 if [ -f "$dir/pgbouncer.ini" ]; then

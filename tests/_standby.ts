@@ -12,6 +12,7 @@
  */
 
 import {
+  AFTER_DENO_EXITS,
   type ControlledCluster,
   findServerBinaries,
   freePort,
@@ -183,26 +184,16 @@ async function stopStandby(
 
 /**
  * Stops the standby in $2 and deletes it once this `deno` process ($1) is
- * gone, however the run ends. `kill -0` also succeeds for a zombie, so
- * /proc is asked too, as the watchdog of tests/_database.ts does.
+ * gone, however the run ends (the wait is tests/_database.ts's).
  */
-const WATCHDOG = `
-alive() {
-  kill -0 "$1" 2>/dev/null || return 1
-  [ -r "/proc/$1/stat" ] || return 0
-  local stat
-  read -r stat < "/proc/$1/stat"
-  [[ "\${stat##*) }" != Z* ]]
-}
-while alive "$1"; do sleep 0.2; done
-pidfile="$2/data/postmaster.pid"
+const WATCHDOG = `${AFTER_DENO_EXITS}pidfile="$1/data/postmaster.pid"
 if [ -f "$pidfile" ]; then
   read -r postmaster < "$pidfile"
   kill -QUIT "$postmaster" 2>/dev/null
   for ((i = 0; i < 100; i++)); do alive "$postmaster" || break; sleep 0.05; done
   alive "$postmaster" && kill -KILL "$postmaster"
 fi
-rm -rf "$2"
+rm -rf "$1"
 `;
 
 function startWatchdog(directory: string): void {
