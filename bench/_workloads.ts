@@ -26,6 +26,7 @@ import {
   PostgresEventStore,
 } from "../mod.ts";
 import { orderEvents } from "./_fixtures.ts";
+import { statementsFor } from "../src/postgres/statements.ts";
 
 /** One workload: `run` does one iteration of `eventsPerIteration` events. */
 export interface Workload {
@@ -634,9 +635,43 @@ export interface Pgbench {
    * @throws {Error} When pgbench fails, or runs 30 s past its duration
    *   (then it is killed), with the end of what it printed.
    */
-  run(clients: number, seconds: number): Promise<PgbenchRun>;
+  run(
+    clients: number,
+    seconds: number,
+    script?: PgbenchScript,
+  ): Promise<PgbenchRun>;
   /** Removes the script file. The table stays with the database. */
   close(): Promise<void>;
+}
+
+/**
+ * What a pgbench run sends: `"insert"`, the plain 1-row INSERT (the
+ * reference); `"store"`, the store's own single append with an exact
+ * expected version (`appendOneExact`), the same event, each client on its
+ * own stream: how close the statement comes to a plain INSERT, without
+ * Deno or postgres.js in the way.
+ */
+export type PgbenchScript = "insert" | "store";
+
+/**
+ * The store's single append as a pgbench script: its parameters become
+ * pgbench's variables (`-M prepared` sends them as parameters again).
+ */
+function storePgbenchScript(): string {
+  const statement = statementsFor('"public"').appendOneExact
+    .replaceAll("$1", "(CAST(:stream AS text) || 'store-' || :client_id)")
+    .replaceAll("$2::uuid", "gen_random_uuid()")
+    .replaceAll("$3::text", "'ItemAdded.v1'::text")
+    .replaceAll("$4::bytea", "CAST(:data AS bytea)")
+    .replaceAll("$5::text", "CAST(:metadata AS text)")
+    .replaceAll("$6::bigint", "CAST(:previous AS bigint)");
+  if (/\$\d/.test(statement)) {
+    throw new Error("appendOneExact has a parameter the pgbench script lacks");
+  }
+  return `\\set previous :version
+\\set version :version + 1
+${statement.trim().replaceAll(/\s*\n\s*/g, " ")};
+`;
 }
 
 /** The pgbench script: one row per transaction, versions counted per client. */
@@ -689,11 +724,12 @@ export async function preparePgbench(
   } finally {
     await sql.end();
   }
-  const script = await Deno.makeTempFile({
-    prefix: "pgbench_",
-    suffix: ".sql",
-  });
-  await Deno.writeTextFile(script, PGBENCH_SCRIPT);
+  const scripts: Record<PgbenchScript, string> = {
+    insert: await Deno.makeTempFile({ prefix: "pgbench_", suffix: ".sql" }),
+    store: await Deno.makeTempFile({ prefix: "pgbench_", suffix: ".sql" }),
+  };
+  await Deno.writeTextFile(scripts.insert, PGBENCH_SCRIPT);
+  await Deno.writeTextFile(scripts.store, storePgbenchScript());
   const target = new URL(url);
   const password = decodeURIComponent(target.password);
   target.password = "";
@@ -706,7 +742,7 @@ export async function preparePgbench(
   let runs = 0;
   return {
     ...found,
-    async run(clients, seconds) {
+    async run(clients, seconds, script = "insert") {
       // One thread per core, at most one per client.
       const threads = Math.min(clients, navigator.hardwareConcurrency || 2);
       const args = [
@@ -728,7 +764,7 @@ export async function preparePgbench(
         "-D",
         `metadata=${JSON.stringify(event.metadata)}`,
         "-f",
-        script,
+        scripts[script],
         target.href,
       ];
       const timeoutMs = (seconds + 30) * 1000;
@@ -736,7 +772,8 @@ export async function preparePgbench(
         env: password === "" ? {} : { PGPASSWORD: password },
         timeoutMs,
       });
-      const what = `pgbench -c ${clients} -j ${threads} -T ${seconds}`;
+      const what =
+        `pgbench -c ${clients} -j ${threads} -T ${seconds} (${script})`;
       if (result === undefined) throw new Error(`Cannot run ${what}`);
       if (result.timedOut) {
         throw new Error(
@@ -759,7 +796,9 @@ export async function preparePgbench(
       };
     },
     async close() {
-      await Deno.remove(script).catch(() => undefined);
+      for (const script of Object.values(scripts)) {
+        await Deno.remove(script).catch(() => undefined);
+      }
     },
   };
 }

@@ -64,6 +64,15 @@ const TARGETS: Record<string, Target> = {
   W6: { eventsPerSecond: 200_000 },
 };
 
+/**
+ * The client counts at which pgbench also runs the store's own single
+ * append (`pgbench store -c N`), and its target: at least this share of the
+ * plain INSERT's rate at the same count (issue 15: the statement costs what
+ * a plain INSERT costs).
+ */
+const STORE_STATEMENT_CLIENTS = [1, 16];
+const STORE_STATEMENT_TARGET = 0.9;
+
 /** The issue's target for the delivery delay to a live subscriber. */
 const LATENCY_P99_TARGET_MS = 50;
 
@@ -154,6 +163,11 @@ function pgbenchId(clients: number): string {
   return `pgbench -c ${clients}`;
 }
 
+/** The id of the pgbench row of the store's statement at `clients`. */
+function storeStatementId(clients: number): string {
+  return `pgbench store -c ${clients}`;
+}
+
 /** What a workload did over all runs. */
 interface Measured {
   runs: number[];
@@ -211,6 +225,7 @@ interface Row {
 function rowsOf(
   results: Map<Workload, Measured>,
   pgbenchRuns: Map<number, PgbenchRun[]>,
+  storeStatementRuns: Map<number, PgbenchRun[]>,
 ): Row[] {
   const byId = new Map([...results].map(([workload, measured]) => [
     workload.id,
@@ -234,6 +249,31 @@ function rowsOf(
       judged: false,
       meetsTenK: pgbenchTps.get(clients)! >= TEN_K,
     };
+  };
+  /** The store's statement under pgbench, beside the plain INSERT. */
+  const storeStatementRows = (clients: number): Row[] => {
+    const runs = storeStatementRuns.get(clients) ?? [];
+    if (runs.length === 0 || !pgbenchTps.has(clients)) return [];
+    const eventsPerSecond = median(runs.map((run) => run.tps));
+    const pgbenchRatio = eventsPerSecond / pgbenchTps.get(clients)!;
+    return [{
+      id: storeStatementId(clients),
+      name:
+        `the store's single append (appendOneExact), -M prepared, ${clients} client${
+          clients === 1 ? "" : "s"
+        } (-j ${runs[0].threads}, ${runs[0].seconds} s)`,
+      eventsPerSecond,
+      runs: runs.map((run) => run.tps),
+      pgbench: pgbenchId(clients),
+      pgbenchEventsPerSecond: pgbenchTps.get(clients),
+      pgbenchRatio,
+      judged: false,
+      meetsTenK: eventsPerSecond >= TEN_K,
+      target: {
+        pgbenchRatio: STORE_STATEMENT_TARGET,
+        met: pgbenchRatio >= STORE_STATEMENT_TARGET,
+      },
+    }];
   };
   const listed = new Set<number>();
   for (const [workload, { runs, latencies }] of results) {
@@ -289,11 +329,13 @@ function rowsOf(
       pgbenchTps.has(clients) && !listed.has(clients)
     ) {
       listed.add(clients);
-      rows.push(pgbenchRow(clients));
+      rows.push(pgbenchRow(clients), ...storeStatementRows(clients));
     }
   }
   for (const clients of [...pgbenchTps.keys()].sort((a, b) => a - b)) {
-    if (!listed.has(clients)) rows.push(pgbenchRow(clients));
+    if (!listed.has(clients)) {
+      rows.push(pgbenchRow(clients), ...storeStatementRows(clients));
+    }
   }
   return rows;
 }
@@ -394,6 +436,11 @@ async function main(): Promise<void> {
     const pgbenchRuns = new Map<number, PgbenchRun[]>(
       pgbench === undefined ? [] : clientCounts.map((clients) => [clients, []]),
     );
+    const storeStatementRuns = new Map<number, PgbenchRun[]>(
+      pgbench === undefined ? [] : clientCounts
+        .filter((clients) => STORE_STATEMENT_CLIENTS.includes(clients))
+        .map((clients) => [clients, []]),
+    );
     try {
       // Runs interleave the workloads, so a noisy moment hurts all alike.
       for (let run = 1; run <= options.runs; run++) {
@@ -420,6 +467,17 @@ async function main(): Promise<void> {
               Math.round(result.tps).toLocaleString("en")
             } tps`,
           );
+          // The store's statement right after, so that both see the same
+          // moment of a noisy machine.
+          const storeRuns = storeStatementRuns.get(clients);
+          if (storeRuns === undefined) continue;
+          const store = await pgbench!.run(clients, pgbenchSeconds, "store");
+          storeRuns.push(store);
+          console.error(
+            `run ${run}/${options.runs} ${storeStatementId(clients)}: ${
+              Math.round(store.tps).toLocaleString("en")
+            } tps`,
+          );
         }
       }
     } finally {
@@ -429,12 +487,12 @@ async function main(): Promise<void> {
     const latency = options.only.length > 0 && !options.only.includes("W7")
       ? undefined
       : await deliveryLatency(database.url, options.smoke ? 5 : 200);
-    const rows = rowsOf(results, pgbenchRuns);
+    const rows = rowsOf(results, pgbenchRuns, storeStatementRuns);
     const pgbenchNote = clientCounts.length === 0
       ? undefined
       : pgbench === undefined
       ? "pgbench: not found (on PATH or in `pg_config --bindir`): no pgbench rows."
-      : `pgbench: ${pgbench.version}, \`pgbench -n -M prepared\` of a 1-row INSERT into a copy of the raw baselines' table, ${pgbenchSeconds} s per client count and run, on the same database.`;
+      : `pgbench: ${pgbench.version}, \`pgbench -n -M prepared\` of a 1-row INSERT into a copy of the raw baselines' table, ${pgbenchSeconds} s per client count and run, on the same database; \`pgbench store -c N\`: the store's own single append (appendOneExact, each client on its own stream) right after it, same settings.`;
     const report = {
       latency,
       coalescing: [...results].flatMap(([workload, measured]) => {
@@ -455,6 +513,7 @@ async function main(): Promise<void> {
           program: pgbench.program,
           version: pgbench.version,
           runs: [...pgbenchRuns.values()].flat(),
+          storeStatementRuns: [...storeStatementRuns.values()].flat(),
         },
       rows,
     };

@@ -405,6 +405,31 @@ async function registerTests(database: TestDatabase): Promise<void> {
     assert.equal(second.data, "two");
   });
 
+  /** The forward probe of the position index that `ahead` is. */
+  const aheadProbe =
+    /"Scan Direction":"Forward","Index Name":"events_global_position_idx"/;
+
+  /**
+   * The plan of `statement`, prepared in `mode` (a `plan_cache_mode`) and
+   * executed with `values` (SQL literals), as JSON text.
+   */
+  const planOfPrepared = (
+    mode: string,
+    statement: string,
+    values: string,
+    database = admin,
+  ) =>
+    database.begin(async (transaction) => {
+      await transaction`SELECT set_config('plan_cache_mode', ${mode}, true)`;
+      // Simple protocol: PREPARE's own $n are not the query's parameters.
+      await transaction.unsafe(`PREPARE probed_plan AS ${statement}`).simple();
+      const rows = await transaction.unsafe(
+        `EXPLAIN (FORMAT JSON) EXECUTE probed_plan(${values})`,
+      ).simple();
+      await transaction`DEALLOCATE probed_plan`;
+      return JSON.stringify(rows[0]["QUERY PLAN"]);
+    });
+
   Deno.test("PostgresEventStore: reads are primary-key index scans (EXPLAIN)", async () => {
     // Tables big enough that the planner would scan them whole if the
     // statements could not use the keys: 2,000 streams of 10 events, each
@@ -474,14 +499,10 @@ async function registerTests(database: TestDatabase): Promise<void> {
       assert.match(append, /"Index Name":"events_stream_event_id_idx"/, append);
       assert.doesNotMatch(append, /Seq Scan/, append);
       // Whether stored positions are ahead of this cluster's transaction
-      // ids (migration 007): the last entry of the position index, never a
-      // read of the table (an EXISTS for it was planned as one: W1 fell to
-      // 0.08 of its baseline).
-      assert.match(
-        append,
-        /"Scan Direction":"Backward","Index Name":"events_global_position_idx"/,
-        append,
-      );
+      // ids (migration 007): a probe of the position index, never a read of
+      // the table (an EXISTS for it was planned as one: W1 fell to 0.08 of
+      // its baseline).
+      assert.match(append, aheadProbe, append);
       // The lean single append: the stream's version and the same probe,
       // by index both.
       const lean = await admin.begin(async (transaction) => {
@@ -498,11 +519,67 @@ async function registerTests(database: TestDatabase): Promise<void> {
       });
       assert.doesNotMatch(lean, /Seq Scan/, lean);
       assert.match(lean, streamIndex, lean);
-      assert.match(
-        lean,
-        /"Scan Direction":"Backward","Index Name":"events_global_position_idx"/,
-        lean,
+      assert.match(lean, aheadProbe, lean);
+      // With an exact version: that version's key, and the same probe.
+      const exact = await planOfPrepared(
+        mode,
+        statements.appendOneExact,
+        `'plan-long', '${ids[0]}', 'A', '\\x00', '{}', 20000`,
       );
+      assert.doesNotMatch(exact, /Seq Scan/, exact);
+      assert.match(exact, /"Index Name":"events_pkey"/, exact);
+      assert.match(exact, aheadProbe, exact);
+    }
+  });
+
+  Deno.test("PostgresEventStore: appends stay index probes when a few streams hold every event (EXPLAIN)", async () => {
+    // Few distinct streams: the planner then expects a stream's rows among
+    // the first few of the table, and an EXISTS on the stream (or on a
+    // position bound it cannot estimate) may become a sequential scan that
+    // reads all of it for a new stream. None of the append statements may.
+    await using store = await open({ schema: "few_streams" });
+    await store.migrate();
+    await admin`
+      INSERT INTO few_streams.events (global_position, stream_id, version, event_id, event_type, data)
+      SELECT (pg_current_xact_id()::text::bigint << 20) + stream * 30000 + version,
+             'few-' || stream, version, gen_random_uuid(), 'Bulk', '\\x00'
+      FROM generate_series(1, 3) AS stream, generate_series(1, 30000) AS version`;
+    await admin`ANALYZE few_streams.events`;
+    const statements = statementsFor('"few_streams"');
+    const id = crypto.randomUUID();
+    const cases = [
+      [
+        "appendOneExact",
+        statements.appendOneExact,
+        `'few-new', '${id}', 'A', '\\x00', '{}', 0`,
+      ],
+      [
+        "appendOneExact",
+        statements.appendOneExact,
+        `'few-1', '${id}', 'A', '\\x00', '{}', 30000`,
+      ],
+      [
+        "appendOneLean",
+        statements.appendOneLean,
+        `'few-new', '${id}', 'A', '\\x00', '{}', NULL, true`,
+      ],
+      [
+        "appendOne",
+        statements.appendOne,
+        `'few-new', '${id}', 'A', '\\x00', '{}', NULL, false, true`,
+      ],
+      [
+        "appendGroup",
+        statements.appendGroup,
+        `'{few-new,few-2}', '{${id},${crypto.randomUUID()}}', '{A,A}', '{"\\\\x00","\\\\x00"}', '{"{}","{}"}', '{0,NULL}', '{false,false}', '{true,false}'`,
+      ],
+    ] as const;
+    for (const mode of ["force_generic_plan", "force_custom_plan"]) {
+      for (const [name, statement, values] of cases) {
+        const plan = await planOfPrepared(mode, statement, values);
+        assert.doesNotMatch(plan, /Seq Scan/, `${name} (${mode}): ${plan}`);
+        assert.match(plan, aheadProbe, `${name} (${mode}): ${plan}`);
+      }
     }
   });
 

@@ -110,19 +110,31 @@ export async function append(
     const started = performance.now();
     try {
       if (single && !lookForIds) {
-        // The common case, in its lean statement; only when it inserted
-        // nothing does the full one run, to say why.
+        // The common case, in its lean statement (leaner still with an
+        // exact version, which it need not read); only when it inserted
+        // nothing does the full one run, to say why. A stream that moved
+        // past an exact version fails its insert on the primary key
+        // (23505): a conflict, typed below.
         const [inserted] = await answer(
           context,
-          sql.unsafe(statements.appendOneLean, [
-            streamId,
-            ids[0],
-            types[0],
-            data[0],
-            metadata[0],
-            exactVersion,
-            mustExist,
-          ], { prepare: context.prepare }),
+          exactVersion !== null
+            ? sql.unsafe(statements.appendOneExact, [
+              streamId,
+              ids[0],
+              types[0],
+              data[0],
+              metadata[0],
+              exactVersion,
+            ], { prepare: context.prepare })
+            : sql.unsafe(statements.appendOneLean, [
+              streamId,
+              ids[0],
+              types[0],
+              data[0],
+              metadata[0],
+              exactVersion,
+              mustExist,
+            ], { prepare: context.prepare }),
         );
         if (inserted !== undefined) {
           const version = Number(inserted.version);
