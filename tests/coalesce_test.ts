@@ -230,6 +230,70 @@ async function registerTests(database: TestDatabase) {
     assert.equal((await store.loadEvents(`${category}-taken`)).length, 1);
   });
 
+  Deno.test(`${LABEL}: one group of exact versions: a version taken, a version missing and fine appends each get their own result`, async () => {
+    const logs: LogRecord[] = [];
+    await using store = await PostgresEventStore.connect(database.url, {
+      max: 1,
+      logger: (record) => logs.push(record),
+    });
+    const category = newCategory();
+    for (const stream of ["taken", "missing", "next"]) {
+      await store.appendEvents(`${category}-${stream}`, [{
+        type: "A",
+        data: {},
+      }]);
+    }
+    const letGo = await holdTheConnection(store, `${category}-blocker`);
+    const failed = (promise: Promise<unknown>) =>
+      promise.then(() => undefined, (error) => error);
+    // Its version 1 is stored: the insert meets the key.
+    const taken = failed(store.appendEvents(`${category}-taken`, [{
+      type: "B",
+      data: {},
+    }], { expectedVersion: "no_stream" }));
+    // Version 5 is not stored: nothing may be inserted at 6.
+    const missing = failed(store.appendEvents(`${category}-missing`, [{
+      type: "B",
+      data: {},
+    }], { expectedVersion: 5 }));
+    const next = store.appendEvents(`${category}-next`, [{
+      type: "B",
+      data: {},
+    }], { expectedVersion: 1 });
+    const fresh = store.appendEvents(`${category}-fresh`, [{
+      type: "B",
+      data: {},
+    }], { expectedVersion: "no_stream" });
+    await letGo();
+    for (const error of [await taken, await missing]) {
+      assert.ok(error instanceof ConcurrencyConflictError, String(error));
+      assert.equal(error.actualVersion, 1);
+    }
+    const [nextResult, freshResult] = [await next, await fresh];
+    assert.equal(nextResult.version, 2);
+    assert.equal(freshResult.version, 1);
+    // One transaction for both: positions of one transaction id.
+    assert.equal(
+      nextResult.globalPosition >> 20n,
+      freshResult.globalPosition >> 20n,
+    );
+    assert.deepEqual(
+      logs.filter((record) => record.message === "Appends coalesced").map((
+        record,
+      ) => [record.fields?.appends, record.fields?.inserted]),
+      [[4, 2]],
+    );
+    for (
+      const [stream, versions] of [["taken", [1]], ["missing", [1]], ["next", [
+        1,
+        2,
+      ]], ["fresh", [1]]] as const
+    ) {
+      const events = await store.loadEvents(`${category}-${stream}`);
+      assert.deepEqual(events.map((event) => event.version), versions, stream);
+    }
+  });
+
   Deno.test(`${LABEL}: "any" appends racing in one group and from another store`, async () => {
     await using store = await PostgresEventStore.connect(database.url, {
       max: 2,

@@ -573,6 +573,11 @@ async function registerTests(database: TestDatabase): Promise<void> {
         statements.appendGroup,
         `'{few-new,few-2}', '{${id},${crypto.randomUUID()}}', '{A,A}', '{"\\\\x00","\\\\x00"}', '{"{}","{}"}', '{0,NULL}', '{false,false}', '{true,false}'`,
       ],
+      [
+        "appendGroupExact",
+        statements.appendGroupExact,
+        `'{few-new,few-1}', '{${id},${crypto.randomUUID()}}', '{A,A}', '{"\\\\x00","\\\\x00"}', '{"{}","{}"}', '{0,30000}'`,
+      ],
     ] as const;
     for (const mode of ["force_generic_plan", "force_custom_plan"]) {
       for (const [name, statement, values] of cases) {

@@ -176,6 +176,10 @@ export class AppendCoalescer {
       for (const request of group) {
         request.span.setAttribute("eventstore.coalesced", group.length);
       }
+      if (group.every(isLeanGroupable)) {
+        await this.#sendExact(group);
+        return;
+      }
       let rows: Record<string, unknown>[];
       try {
         rows = await this.#statement(group);
@@ -246,6 +250,54 @@ export class AppendCoalescer {
     }
   }
 
+  /**
+   * Sends a group whose appends all expect an exact version and carry no
+   * ids of the caller's, in the lean group statement: what it inserted is
+   * answered at once; what it left out (a version missing or taken, or
+   * positions ahead or exhausted) runs again alone, which says why.
+   */
+  async #sendExact(group: Request[]): Promise<void> {
+    let rows: Record<string, unknown>[];
+    try {
+      rows = await this.#exactStatement(group);
+    } catch (error) {
+      // The whole statement failed (a deadlock, a timeout, a lost
+      // connection): each append on its own, looking for its ids if the
+      // group may have committed.
+      this.#context.log("debug", "Appends of a group sent again alone", {
+        appends: group.length,
+        error: error instanceof Error ? error.message : String(error),
+      });
+      const lost = isLostConnection(error);
+      for (const request of group) await this.#alone(request, lost);
+      return;
+    }
+    this.#context.log("debug", "Appends coalesced", {
+      appends: group.length,
+      inserted: rows.length,
+    });
+    const positions = new Map<string, bigint>();
+    let appended = -1n;
+    for (const row of rows) {
+      const position = BigInt(row.position as bigint);
+      positions.set(row.stream as string, position);
+      if (position > appended) appended = position;
+    }
+    if (appended >= 0n) this.#context.notifyAppended(appended);
+    const left: Request[] = [];
+    for (const request of group) {
+      const globalPosition = positions.get(request.streamId);
+      if (globalPosition === undefined) {
+        left.push(request);
+        continue;
+      }
+      const version = exactOf(request.expected) + 1;
+      request.span.setAttribute("eventstore.version", version);
+      request.resolve({ version, globalPosition });
+    }
+    for (const request of left) await this.#alone(request, false);
+  }
+
   /** One append by itself, as the store has always sent it. */
   async #alone(request: Request, lookForIds: boolean): Promise<void> {
     try {
@@ -262,6 +314,23 @@ export class AppendCoalescer {
     } catch (error) {
       request.reject(error);
     }
+  }
+
+  /** The lean group statement: one row per append inserted. */
+  #exactStatement(group: Request[]): Promise<Record<string, unknown>[]> {
+    const { sql, statements } = this.#context;
+    const events = group.map((request) => request.prepared[0]);
+    return answer(
+      this.#context,
+      sql.unsafe(statements.appendGroupExact, [
+        arrayLiteral(group.map((request) => request.streamId)),
+        arrayLiteral(events.map((event) => event.id)),
+        arrayLiteral(events.map((event) => event.type)),
+        byteaArrayLiteral(events.map((event) => event.data)),
+        arrayLiteral(events.map((event) => event.metadataJson)),
+        bigintArrayLiteral(group.map(({ expected }) => exactOf(expected))),
+      ] as never[], { prepare: this.#context.prepare }),
+    ) as Promise<Record<string, unknown>[]>;
   }
 
   /** The group's statement: one row per append, in order. */
@@ -292,4 +361,18 @@ export class AppendCoalescer {
       ] as never[], { prepare: this.#context.prepare }),
     ) as Promise<Record<string, unknown>[]>;
   }
+}
+
+/**
+ * Whether an append may go in the lean group statement: it expects an
+ * exact version (a number, or `"no_stream"`: 0) and looks for no ids.
+ */
+function isLeanGroupable(request: Request): boolean {
+  return !request.hasCallerIds &&
+    (typeof request.expected === "number" || request.expected === "no_stream");
+}
+
+/** The exact version an append expects: `"no_stream"` is 0. */
+function exactOf(expected: ExpectedVersion): number {
+  return typeof expected === "number" ? expected : 0;
 }

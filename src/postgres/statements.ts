@@ -151,6 +151,21 @@ export interface Statements {
    * distinct: each append's version is read before any is inserted.
    */
   appendGroup: string;
+  /**
+   * A group of single-event appends that all expect an exact version and
+   * look for no ids, leaner: `$1` stream ids (distinct), `$2` event ids,
+   * `$3` types, `$4` data, `$5` metadata, `$6` exact versions (0: a new
+   * stream). Like `appendOneExact` per append: it inserts version `$6 + 1`
+   * where version `$6` exists (or `$6` is 0), and `ON CONFLICT DO NOTHING`
+   * skips an append whose stream moved on instead of failing the group. One
+   * row (`stream`, `position`) per append inserted, in no order; an append
+   * without one was not inserted (its version is missing or taken, or
+   * positions are `ahead` or `exhausted`, which leave out all of them): it
+   * runs again alone, to say why. Rows are inserted in stream order, so
+   * two groups that share streams wait for each other rather than
+   * deadlock.
+   */
+  appendGroupExact: string;
   /** `$1` stream id, `$2` first version, `$3` limit (null: all). */
   load: string;
   /**
@@ -311,6 +326,27 @@ export function statementsFor(schema: string): Statements {
       FROM batch CROSS JOIN ids
            LEFT JOIN inserted ON inserted.stream_id = batch.stream_id
       ORDER BY batch.ordinality`,
+    appendGroupExact: `
+      INSERT INTO ${events}
+        (global_position, stream_id, version, event_id, event_type, data, metadata)
+      SELECT (ids.transaction << 20) + b.ordinality, b.stream_id, b.exact + 1,
+             b.event_id, b.event_type, b.data, b.metadata::jsonb
+      FROM ${currentIds(schema)} AS ids,
+           unnest($1::text[], $2::uuid[], $3::text[], $4::bytea[],
+                  $5::text[], $6::bigint[])
+             WITH ORDINALITY
+             AS b(stream_id, event_id, event_type, data, metadata, exact,
+                  ordinality)
+      WHERE ids.transaction < ${POSITIONS_END}
+        AND NOT ${aheadOf(events, "ids.horizon")}
+        -- A scalar subquery, not EXISTS: the planner cannot turn it into a
+        -- join, which for an unnest it may do with a scan of the table.
+        AND (b.exact = 0 OR (SELECT true FROM ${events} AS e
+                             WHERE e.stream_id = b.stream_id
+                               AND e.version = b.exact LIMIT 1))
+      ORDER BY b.stream_id
+      ON CONFLICT ON CONSTRAINT events_pkey DO NOTHING
+      RETURNING stream_id AS stream, global_position AS position`,
     load: `
       SELECT event_id AS id, version, global_position AS position,
              event_type AS type, data, metadata::text AS metadata,
