@@ -494,8 +494,10 @@ export async function postgresWorkloads(
 
 /**
  * A subscriber of its own store that follows `category` while appends to it
- * keep coming: started by `follow()`, it stops by itself two seconds after
- * the last call, so that it costs nothing to the workloads run after.
+ * keep coming: started by `follow()`, live from what `readAll` can return at
+ * that moment (no catch-up of earlier runs' events), it stops by itself two
+ * seconds after the last call, so that it costs nothing to the workloads run
+ * after.
  */
 async function subscriberOf(url: string, category: string): Promise<{
   follow(): void;
@@ -515,8 +517,16 @@ async function subscriberOf(url: string, category: string): Promise<{
       }, 250);
       following = (async () => {
         try {
+          // Live from here: the stream's history, from runs before, is not
+          // this run's work (a catch-up read of it, inside the timed
+          // appends, was most of what W1+sub measured before).
+          const { readablePosition } = await reader.readAllLag();
           for await (
-            const _ of reader.subscribe({ category, signal: controller.signal })
+            const _ of reader.subscribe({
+              category,
+              fromPosition: readablePosition,
+              signal: controller.signal,
+            })
           ) {
             // Delivered: nothing more to do with it.
           }
