@@ -349,7 +349,8 @@ export function statementsFor(schema: string): Statements {
       RETURNING stream_id AS stream, global_position AS position`,
     load: `
       SELECT event_id AS id, version, global_position AS position,
-             event_type AS type, data, metadata::text AS metadata,
+             event_type AS type, encode(data, 'base64') AS data,
+             metadata::text AS metadata,
              created_at AS created
       FROM ${events}
       WHERE stream_id = $1 AND version >= $2::bigint
@@ -357,7 +358,8 @@ export function statementsFor(schema: string): Statements {
       LIMIT $3::bigint`,
     readAll: `
       SELECT event_id AS id, stream_id AS stream, version,
-             global_position AS position, event_type AS type, data,
+             global_position AS position, event_type AS type,
+             encode(data, 'base64') AS data,
              metadata::text AS metadata, created_at AS created
       FROM ${events}
       WHERE global_position > $1::bigint
@@ -403,7 +405,8 @@ export function statementsFor(schema: string): Statements {
       )
       SELECT version FROM current`,
     loadSnapshot: `
-      SELECT version, state, created_at AS created
+      SELECT version, encode(state, 'base64') AS state,
+             created_at AS created
       FROM ${snapshots} WHERE stream_id = $1`,
   };
 }
