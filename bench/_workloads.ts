@@ -322,6 +322,11 @@ export async function postgresWorkloads(
   // W6 reads the same 10,000 events through readAll, from just before them.
   const [firstLoaded] = await store.loadEvents(loadStream, { maxCount: 1 });
   const beforeLoadStream = firstLoaded.globalPosition - 1n;
+  // W6's raw baseline reads the same rows of the raw table in its order.
+  const [rawFirst] = await sql`
+    SELECT min(global_position) - 1 AS before FROM raw_events
+    WHERE stream_id = ${loadStream}`;
+  const beforeRawLoad = BigInt(rawFirst.before);
   const aggregateStream = `bench-w5-${run}`;
   const repository = new AggregateRepository(store, tally, {
     snapshotEvery: 100,
@@ -471,6 +476,7 @@ export async function postgresWorkloads(
       name: `readAll catch-up: ${
         LOAD_LENGTH.toLocaleString("en")
       } events in global order`,
+      baseline: "W6 raw",
       eventsPerIteration: LOAD_LENGTH,
       iterations: 15,
       async run() {
@@ -479,6 +485,20 @@ export async function postgresWorkloads(
           maxCount: LOAD_LENGTH,
         });
         if (events.length !== LOAD_LENGTH) throw new Error("short read");
+      },
+    },
+    {
+      id: "W6 raw",
+      name: `raw SELECT of ${
+        LOAD_LENGTH.toLocaleString("en")
+      } rows in position order, not decoded`,
+      eventsPerIteration: LOAD_LENGTH,
+      iterations: 15,
+      async run() {
+        const rows = await sql`
+          SELECT * FROM raw_events WHERE global_position > ${beforeRawLoad}
+          ORDER BY global_position LIMIT ${LOAD_LENGTH}`;
+        if (rows.length !== LOAD_LENGTH) throw new Error("short read");
       },
     },
   ];

@@ -53,15 +53,16 @@ interface Target {
 
 /**
  * The targets: the absolute ones from the benchmark issue, the ratios from
- * issue 15 (W1 and W2 ≥ 0.9× raw; W3 ≥ 2× raw and ≥ pgbench at 16 clients).
+ * issue 15 (W1 and W2 ≥ 0.9× raw; W3 ≥ 2× raw and ≥ pgbench at 16 clients)
+ * and issue 16 (W4 and W6 ≥ 1.0× their raw undecoded SELECT).
  */
 const TARGETS: Record<string, Target> = {
   W1: { ratio: 0.9 },
   W2: { eventsPerSecond: 60_000, ratio: 0.9 },
   W3: { eventsPerSecond: 12_000, ratio: 2, pgbenchRatio: 1 },
-  W4: { eventsPerSecond: 250_000 },
+  W4: { eventsPerSecond: 250_000, ratio: 1 },
   M100: { eventsPerSecond: 500_000 },
-  W6: { eventsPerSecond: 200_000 },
+  W6: { eventsPerSecond: 200_000, ratio: 1 },
 };
 
 /**
