@@ -15,6 +15,7 @@ import {
   type NewEvent,
   PostgresEventStore,
   type PostgresEventStoreOptions,
+  type RecordedEvent,
   StoreUnavailableError,
 } from "../mod.ts";
 import { newCategory, newStreamId } from "./conformance.ts";
@@ -649,6 +650,94 @@ function registerTests(cluster: ControlledCluster): void {
         { events: batch, result },
       ]);
       assert.equal(await store.streamVersion(streamId), 101);
+    } finally {
+      await store.close();
+      await database.close();
+    }
+  });
+
+  Deno.test(`${LABEL}: a read whose connection is killed (pg_terminate_backend): repeated once with the same events, else a typed error, and the next read works`, async () => {
+    const database = await freshDatabase();
+    const { admin } = database;
+    const applicationName = `killed-read-${crypto.randomUUID().slice(0, 8)}`;
+    const store = await PostgresEventStore.connect(database.url, {
+      max: 1,
+      applicationName,
+    });
+    try {
+      const streamId = newStreamId();
+      await store.appendEvents(streamId, batchOf(200));
+      const expected = await store.loadEvents(streamId);
+      /**
+       * Runs `read` while the table is locked, killing the backend that
+       * waits for the lock at most `maxKills` times; the lock goes once the
+       * read settled or was killed that often.
+       */
+      const readKilled = async <T>(
+        read: () => Promise<T>,
+        maxKills: number,
+      ): Promise<{ kills: number; outcome: T | { error: unknown } }> => {
+        let kills = 0;
+        const running = await admin.begin(async (transaction) => {
+          await transaction`LOCK TABLE events IN ACCESS EXCLUSIVE MODE`;
+          let settled = false;
+          const reading = read().then(
+            (result) => result,
+            (error: unknown) => ({ error }),
+          ).finally(() => settled = true);
+          for (let poll = 0; !settled && kills < maxKills; poll++) {
+            assert.ok(poll < 1000, "the read neither waited nor failed");
+            await transaction`SELECT pg_stat_clear_snapshot()`;
+            const [{ killed }] = await transaction`
+              SELECT count(*)::int AS killed FROM (
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE application_name = ${applicationName}
+                  AND wait_event_type = 'Lock') AS terminated`;
+            kills += killed;
+            await sleep(10);
+          }
+          // In an object: a promise returned would be awaited inside the
+          // transaction, whose lock it waits for.
+          return { reading };
+        });
+        return { kills, outcome: await running.reading };
+      };
+
+      // Killed once: the store repeats a read after a lost connection.
+      const once = await readKilled(() => store.loadEvents(streamId), 1);
+      assert.equal(once.kills, 1);
+      assert.ok(
+        !("error" in once.outcome),
+        "error" in once.outcome ? describe(once.outcome.error) : "",
+      );
+      assert.deepStrictEqual(once.outcome, expected);
+
+      // Killed every time: a typed error, never a crash or a hang.
+      const always = await readKilled(
+        () => store.readAll({ fromPosition: 0n }),
+        10,
+      );
+      assert.ok(always.kills >= 2, `${always.kills} attempts killed`);
+      assert.ok("error" in always.outcome, "the killed read resolved");
+      assert.ok(
+        always.outcome.error instanceof StoreUnavailableError,
+        describe(always.outcome.error),
+      );
+
+      // The next reads work (the first may still meet the farewell of the
+      // dead connection, which a client retries like any
+      // StoreUnavailableError).
+      let events: RecordedEvent[] | undefined;
+      for (let attempt = 1; events === undefined; attempt++) {
+        try {
+          events = await store.readAll({ fromPosition: 0n });
+        } catch (error) {
+          assert.ok(error instanceof StoreUnavailableError, describe(error));
+          assert.ok(attempt < 5, "reads keep failing");
+          await sleep(25);
+        }
+      }
+      assert.deepStrictEqual(events, expected);
     } finally {
       await store.close();
       await database.close();

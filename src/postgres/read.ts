@@ -116,8 +116,8 @@ function cancelLater(query: Promise<unknown>, ms: number): void {
 const CANCEL_REPEAT_MS = 100;
 
 /**
- * Runs a read, and once more if the connection failed: a read changes
- * nothing, so repeating it is safe, and it spares the caller the error
+ * Runs a read, and again (twice at most) if the connection failed: a read
+ * changes nothing, so repeating it is safe, and it spares the caller the error
  * that the first call after a lost connection can get (postgres.js hands
  * the dead connection's farewell to the next query) once it reconnected.
  * Appends are never repeated this way: their outcome is unknown.
@@ -126,16 +126,25 @@ export async function read<T>(
   context: QueryContext,
   query: () => Promise<T>,
 ): Promise<T> {
-  try {
-    return await answer(context, query());
-  } catch (error) {
-    if (!isLostConnection(error)) throw error;
-    context.log("debug", "Repeating a read after a lost connection", {
-      error: error instanceof Error ? error.message : String(error),
-    });
-    return await answer(context, query());
+  for (let repeats = 0;; repeats++) {
+    try {
+      return await answer(context, query());
+    } catch (error) {
+      if (!isLostConnection(error) || repeats === READ_REPEATS) throw error;
+      context.log("debug", "Repeating a read after a lost connection", {
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
   }
 }
+
+/**
+ * How often a read is repeated after a lost connection: twice, as an append
+ * is sent again, since the first repeat may still get the dead
+ * connection's farewell (57P01) that postgres.js hands to the next query
+ * (a test kills a read's backend once: with one repeat the call failed).
+ */
+const READ_REPEATS = 2;
 
 /** The version of a stream, 0 if it has none: a read. */
 export async function readStreamVersion(
