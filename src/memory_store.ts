@@ -267,7 +267,7 @@ export class InMemoryEventStore implements EventStore {
       data: decodeValue(
         this.#codec,
         event.data,
-        `stream ${JSON.stringify(streamId)} version ${version} data`,
+        () => `stream ${JSON.stringify(streamId)} version ${version} data`,
       ) as D,
       metadata: JSON.parse(event.metadataJson),
       createdAt: new Date(event.createdAtMs),

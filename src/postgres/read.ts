@@ -223,7 +223,7 @@ export function recorded<D>(
     data: decodeValue(
       codec,
       asBytes(row.data),
-      `stream ${JSON.stringify(streamId)} version ${version} data`,
+      () => `stream ${JSON.stringify(streamId)} version ${version} data`,
     ) as D,
     metadata: asJsonObject(row.metadata),
     createdAt: row.created,
