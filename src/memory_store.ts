@@ -46,6 +46,7 @@ import {
   checkStreamId,
   checkVersion,
   decodeValue,
+  defaultGenerateId,
   encodeValue,
   type PreparedEvent,
   prepareEvents,
@@ -137,7 +138,7 @@ export class InMemoryEventStore implements EventStore {
   constructor(options: InMemoryEventStoreOptions = {}) {
     this.#codec = options.codec ?? cborCodec;
     this.#clock = options.clock ?? (() => new Date());
-    this.#generateId = options.generateId ?? (() => crypto.randomUUID());
+    this.#generateId = options.generateId ?? defaultGenerateId;
   }
 
   /** {@inheritDoc EventStore.appendEvents} */

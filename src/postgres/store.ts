@@ -40,6 +40,7 @@ import {
   checkSnapshotVersion,
   checkStreamId,
   checkVersion,
+  defaultGenerateId,
   encodeValue,
   prepareEvents,
 } from "../_input.ts";
@@ -224,7 +225,7 @@ export class PostgresEventStore implements EventStore {
     this.#statements = statementsFor(quoteSchema(schema));
     this.#codec = options.codec ?? cborCodec;
     this.#logger = options.logger ?? silentLogger;
-    this.#generateId = options.generateId ?? (() => crypto.randomUUID());
+    this.#generateId = options.generateId ?? defaultGenerateId;
     this.#server = describeServer(this.#sql);
     this.#password = typeof this.#sql.options?.pass === "string"
       ? this.#sql.options.pass
