@@ -225,7 +225,7 @@ class Reader {
         return undefined;
       case 25: {
         const at = this.take(2);
-        return half((this.bytes[at] << 8) | this.bytes[at + 1]);
+        return halfValue((this.bytes[at] << 8) | this.bytes[at + 1]);
       }
       case 26:
         SCRATCH.set(this.bytes.subarray(this.take(4), this.position));
@@ -283,8 +283,11 @@ function uint32(bytes: Uint8Array, at: number): number {
     ((bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]);
 }
 
-/** An IEEE 754 half-precision float. */
-function half(bits: number): number {
+/**
+ * The value of IEEE 754 half-precision bits, as cborg's `readFloat16` reads
+ * them (the encoder uses it too, to see whether a half holds a number).
+ */
+export function halfValue(bits: number): number {
   const exponent = (bits >> 10) & 0x1f;
   const mantissa = bits & 0x3ff;
   const magnitude = exponent === 0

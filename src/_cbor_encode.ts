@@ -17,6 +17,8 @@
  * @module
  */
 
+import { halfValue } from "./_cbor_decode.ts";
+
 /** Thrown when the fast path gives up: cborg encodes instead. */
 const GIVE_UP = Symbol("give up");
 
@@ -140,23 +142,6 @@ function halfBits(value: number): number {
   if (logical < -24) return 0;
   if (logical < -14) return (sign | (1 << (24 + logical))) & 0xffff;
   return (sign | ((logical + 15) << 10) | (mantissa >> 13)) & 0xffff;
-}
-
-/** The value of half-precision bits (cborg's `readFloat16`). */
-function halfValue(bits: number): number {
-  if (bits === 0x7c00) return Infinity;
-  if (bits === 0xfc00) return -Infinity;
-  if (bits === 0x7e00) return NaN;
-  const exponent = (bits >> 10) & 0x1f;
-  const mantissa = bits & 0x3ff;
-  const magnitude = exponent === 0
-    ? mantissa * 2 ** -24
-    : exponent !== 31
-    ? (mantissa + 1024) * 2 ** (exponent - 25)
-    : mantissa === 0
-    ? Infinity
-    : NaN;
-  return bits & 0x8000 ? -magnitude : magnitude;
 }
 
 /** Whether `text` is all ASCII (one byte per character in UTF-8). */

@@ -218,6 +218,43 @@ function registerTests(cluster: ControlledCluster): void {
   }
 
   /** Waits until `count` sessions of `applicationName` wait for a lock. */
+  /**
+   * Runs `call` while `admin` holds the events table, killing the backend
+   * of `applicationName` that waits for the lock, at most `maxKills` times;
+   * the lock goes once the call settled or was killed that often.
+   */
+  async function killWhileItWaits<T>(
+    admin: postgres.Sql,
+    applicationName: string,
+    call: () => Promise<T>,
+    maxKills = Infinity,
+  ): Promise<{ kills: number; outcome: T | { error: unknown } }> {
+    let kills = 0;
+    const { running } = await admin.begin(async (transaction) => {
+      await transaction`LOCK TABLE events IN ACCESS EXCLUSIVE MODE`;
+      let settled = false;
+      const running = call().then(
+        (result) => result,
+        (error: unknown) => ({ error }),
+      ).finally(() => settled = true);
+      for (let poll = 0; !settled && kills < maxKills; poll++) {
+        assert.ok(poll < 1000, "the call neither waited nor failed");
+        await transaction`SELECT pg_stat_clear_snapshot()`;
+        const [{ killed }] = await transaction`
+          SELECT count(*)::int AS killed FROM (
+            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name = ${applicationName}
+              AND wait_event_type = 'Lock') AS terminated`;
+        kills += killed;
+        await sleep(10);
+      }
+      // In an object: a promise returned would be awaited inside the
+      // transaction, whose lock it waits for.
+      return { running };
+    });
+    return { kills, outcome: await running };
+  }
+
   async function waitForLockWaiters(
     sql: postgres.Sql | postgres.TransactionSql,
     applicationName: string,
@@ -586,32 +623,12 @@ function registerTests(cluster: ControlledCluster): void {
       // the backend running it. The store sends an append again after a
       // lost connection (looking for its ids, so that it cannot store it
       // twice), at most twice: kill every attempt, and the call fails.
-      const outcome = await admin.begin(async (transaction) => {
-        await transaction`LOCK TABLE events IN ACCESS EXCLUSIVE MODE`;
-        let settled = false;
-        const append = store.appendEvents(streamId, batch, {
-          expectedVersion: 1,
-        }).then(
-          (result) => result,
-          (error: unknown) => ({ error }),
-        ).finally(() => settled = true);
-        let kills = 0;
-        for (let poll = 0; !settled; poll++) {
-          assert.ok(poll < 1000, "the append neither waited nor failed");
-          await transaction`SELECT pg_stat_clear_snapshot()`;
-          const [{ killed }] = await transaction`
-            SELECT count(*)::int AS killed FROM (
-              SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE application_name = ${applicationName}
-                AND wait_event_type = 'Lock') AS terminated`;
-          kills += killed;
-          await sleep(10);
-        }
-        assert.ok(kills >= 1 && kills <= 3, `${kills} attempts killed`);
-        // In an object: a promise returned would be awaited inside the
-        // transaction, whose lock it waits for.
-        return { outcome: await append };
-      }).then(({ outcome }) => outcome);
+      const { kills, outcome } = await killWhileItWaits(
+        admin,
+        applicationName,
+        () => store.appendEvents(streamId, batch, { expectedVersion: 1 }),
+      );
+      assert.ok(kills >= 1 && kills <= 3, `${kills} attempts killed`);
       assert.ok("error" in outcome, "the killed append resolved");
       assert.ok(
         outcome.error instanceof StoreUnavailableError,
@@ -668,43 +685,13 @@ function registerTests(cluster: ControlledCluster): void {
       const streamId = newStreamId();
       await store.appendEvents(streamId, batchOf(200));
       const expected = await store.loadEvents(streamId);
-      /**
-       * Runs `read` while the table is locked, killing the backend that
-       * waits for the lock at most `maxKills` times; the lock goes once the
-       * read settled or was killed that often.
-       */
-      const readKilled = async <T>(
-        read: () => Promise<T>,
-        maxKills: number,
-      ): Promise<{ kills: number; outcome: T | { error: unknown } }> => {
-        let kills = 0;
-        const running = await admin.begin(async (transaction) => {
-          await transaction`LOCK TABLE events IN ACCESS EXCLUSIVE MODE`;
-          let settled = false;
-          const reading = read().then(
-            (result) => result,
-            (error: unknown) => ({ error }),
-          ).finally(() => settled = true);
-          for (let poll = 0; !settled && kills < maxKills; poll++) {
-            assert.ok(poll < 1000, "the read neither waited nor failed");
-            await transaction`SELECT pg_stat_clear_snapshot()`;
-            const [{ killed }] = await transaction`
-              SELECT count(*)::int AS killed FROM (
-                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE application_name = ${applicationName}
-                  AND wait_event_type = 'Lock') AS terminated`;
-            kills += killed;
-            await sleep(10);
-          }
-          // In an object: a promise returned would be awaited inside the
-          // transaction, whose lock it waits for.
-          return { reading };
-        });
-        return { kills, outcome: await running.reading };
-      };
-
       // Killed once: the store repeats a read after a lost connection.
-      const once = await readKilled(() => store.loadEvents(streamId), 1);
+      const once = await killWhileItWaits(
+        admin,
+        applicationName,
+        () => store.loadEvents(streamId),
+        1,
+      );
       assert.equal(once.kills, 1);
       assert.ok(
         !("error" in once.outcome),
@@ -713,9 +700,10 @@ function registerTests(cluster: ControlledCluster): void {
       assert.deepStrictEqual(once.outcome, expected);
 
       // Killed every time: a typed error, never a crash or a hang.
-      const always = await readKilled(
+      const always = await killWhileItWaits(
+        admin,
+        applicationName,
         () => store.readAll({ fromPosition: 0n }),
-        10,
       );
       assert.ok(always.kills >= 2, `${always.kills} attempts killed`);
       assert.ok("error" in always.outcome, "the killed read resolved");

@@ -89,6 +89,8 @@ export async function append(
 
   const { sql, statements } = context;
   const single = prepared.length === 1;
+  // A single event's parameters $1–$5, as the single statements take them.
+  const event = [streamId, ids[0], types[0], data[0], metadata[0]] as const;
   // Whether the statement looks for the batch's ids in the stream: for
   // the caller's ids, and after this call lost its connection, when
   // its first attempt may have committed (its ids, generated or not,
@@ -118,23 +120,16 @@ export async function append(
         const [inserted] = await answer(
           context,
           exactVersion !== null
-            ? sql.unsafe(statements.appendOneExact, [
-              streamId,
-              ids[0],
-              types[0],
-              data[0],
-              metadata[0],
-              exactVersion,
-            ], { prepare: context.prepare })
-            : sql.unsafe(statements.appendOneLean, [
-              streamId,
-              ids[0],
-              types[0],
-              data[0],
-              metadata[0],
-              exactVersion,
-              mustExist,
-            ], { prepare: context.prepare }),
+            ? sql.unsafe(
+              statements.appendOneExact,
+              [...event, exactVersion],
+              { prepare: context.prepare },
+            )
+            : sql.unsafe(
+              statements.appendOneLean,
+              [...event, exactVersion, mustExist],
+              { prepare: context.prepare },
+            ),
         );
         if (inserted !== undefined) {
           const version = Number(inserted.version);
@@ -147,16 +142,11 @@ export async function append(
       const [row] = single
         ? await answer(
           context,
-          sql.unsafe(statements.appendOne, [
-            streamId,
-            ids[0],
-            types[0],
-            data[0],
-            metadata[0],
-            exactVersion,
-            mustExist,
-            lookForIds,
-          ], { prepare: context.prepare }),
+          sql.unsafe(
+            statements.appendOne,
+            [...event, exactVersion, mustExist, lookForIds],
+            { prepare: context.prepare },
+          ),
         )
         : await answer(
           context,

@@ -184,16 +184,7 @@ export class AppendCoalescer {
       try {
         rows = await this.#statement(group);
       } catch (error) {
-        // The whole statement failed: each append on its own, looking for
-        // its ids if the group may have committed.
-        this.#context.log("debug", "Appends of a group sent again alone", {
-          appends: group.length,
-          error: error instanceof Error ? error.message : String(error),
-        });
-        const lost = isLostConnection(error);
-        for (const request of group) {
-          await this.#alone(request, request.hasCallerIds || lost);
-        }
+        await this.#eachAlone(group, error);
         return;
       }
       this.#context.log("debug", "Appends coalesced", {
@@ -261,15 +252,7 @@ export class AppendCoalescer {
     try {
       rows = await this.#exactStatement(group);
     } catch (error) {
-      // The whole statement failed (a deadlock, a timeout, a lost
-      // connection): each append on its own, looking for its ids if the
-      // group may have committed.
-      this.#context.log("debug", "Appends of a group sent again alone", {
-        appends: group.length,
-        error: error instanceof Error ? error.message : String(error),
-      });
-      const lost = isLostConnection(error);
-      for (const request of group) await this.#alone(request, lost);
+      await this.#eachAlone(group, error);
       return;
     }
     this.#context.log("debug", "Appends coalesced", {
@@ -298,6 +281,22 @@ export class AppendCoalescer {
     for (const request of left) await this.#alone(request, false);
   }
 
+  /**
+   * After the server failed a group's statement as a whole (a key race, a
+   * deadlock, a timeout, a lost connection): each append on its own, looking
+   * for its ids if the group may have committed.
+   */
+  async #eachAlone(group: Request[], error: unknown): Promise<void> {
+    this.#context.log("debug", "Appends of a group sent again alone", {
+      appends: group.length,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    const lost = isLostConnection(error);
+    for (const request of group) {
+      await this.#alone(request, request.hasCallerIds || lost);
+    }
+  }
+
   /** One append by itself, as the store has always sent it. */
   async #alone(request: Request, lookForIds: boolean): Promise<void> {
     try {
@@ -318,49 +317,59 @@ export class AppendCoalescer {
 
   /** The lean group statement: one row per append inserted. */
   #exactStatement(group: Request[]): Promise<Record<string, unknown>[]> {
-    const { sql, statements } = this.#context;
-    const events = group.map((request) => request.prepared[0]);
-    return answer(
-      this.#context,
-      sql.unsafe(statements.appendGroupExact, [
-        arrayLiteral(group.map((request) => request.streamId)),
-        arrayLiteral(events.map((event) => event.id)),
-        arrayLiteral(events.map((event) => event.type)),
-        byteaArrayLiteral(events.map((event) => event.data)),
-        arrayLiteral(events.map((event) => event.metadataJson)),
-        bigintArrayLiteral(group.map(({ expected }) => exactOf(expected))),
-      ] as never[], { prepare: this.#context.prepare }),
-    ) as Promise<Record<string, unknown>[]>;
+    return this.#query(this.#context.statements.appendGroupExact, [
+      ...eventArrays(group),
+      bigintArrayLiteral(group.map(({ expected }) => exactOf(expected))),
+    ]);
   }
 
   /** The group's statement: one row per append, in order. */
   #statement(group: Request[]): Promise<Record<string, unknown>[]> {
-    const { sql, statements } = this.#context;
-    const events = group.map((request) => request.prepared[0]);
+    return this.#query(this.#context.statements.appendGroup, [
+      ...eventArrays(group),
+      bigintArrayLiteral(
+        group.map(({ expected }) =>
+          typeof expected === "number"
+            ? expected
+            : expected === "no_stream"
+            ? 0
+            : null
+        ),
+      ),
+      booleanArrayLiteral(
+        group.map(({ expected }) => expected === "stream_exists"),
+      ),
+      booleanArrayLiteral(group.map((request) => request.hasCallerIds)),
+    ]);
+  }
+
+  /** Sends a group statement with its array literals. */
+  #query(
+    statement: string,
+    parameters: string[],
+  ): Promise<Record<string, unknown>[]> {
     return answer(
       this.#context,
-      sql.unsafe(statements.appendGroup, [
-        arrayLiteral(group.map((request) => request.streamId)),
-        arrayLiteral(events.map((event) => event.id)),
-        arrayLiteral(events.map((event) => event.type)),
-        byteaArrayLiteral(events.map((event) => event.data)),
-        arrayLiteral(events.map((event) => event.metadataJson)),
-        bigintArrayLiteral(
-          group.map(({ expected }) =>
-            typeof expected === "number"
-              ? expected
-              : expected === "no_stream"
-              ? 0
-              : null
-          ),
-        ),
-        booleanArrayLiteral(
-          group.map(({ expected }) => expected === "stream_exists"),
-        ),
-        booleanArrayLiteral(group.map((request) => request.hasCallerIds)),
-      ] as never[], { prepare: this.#context.prepare }),
+      this.#context.sql.unsafe(statement, parameters as never[], {
+        prepare: this.#context.prepare,
+      }),
     ) as Promise<Record<string, unknown>[]>;
   }
+}
+
+/**
+ * A group's parameters `$1`–`$5`, one element per append: stream ids,
+ * event ids, types, data and metadata, as array literals.
+ */
+function eventArrays(group: readonly Request[]): string[] {
+  const events = group.map((request) => request.prepared[0]);
+  return [
+    arrayLiteral(group.map((request) => request.streamId)),
+    arrayLiteral(events.map((event) => event.id)),
+    arrayLiteral(events.map((event) => event.type)),
+    byteaArrayLiteral(events.map((event) => event.data)),
+    arrayLiteral(events.map((event) => event.metadataJson)),
+  ];
 }
 
 /**
