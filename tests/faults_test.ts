@@ -732,6 +732,73 @@ function registerTests(cluster: ControlledCluster): void {
     }
   });
 
+  Deno.test(`${LABEL}: a connection killed mid-COPY (the binary read of a long stream): the events, or a typed error, and the next read works`, async () => {
+    const database = await freshDatabase();
+    const { admin } = database;
+    const applicationName = `killed-copy-${crypto.randomUUID().slice(0, 8)}`;
+    const store = await PostgresEventStore.connect(database.url, {
+      max: 1,
+      applicationName,
+    });
+    try {
+      const streamId = newStreamId();
+      // Long enough that its COPY streams for a while after it started.
+      for (let batch = 0; batch < 4; batch++) {
+        await store.appendEvents(
+          streamId,
+          Array.from({ length: 5_000 }, (_, n) => ({
+            type: "Appended",
+            data: { batch, n, padding: "x".repeat(200) },
+          })),
+        );
+      }
+      const expected = await store.loadEvents(streamId);
+      assert.equal(expected.length, 20_000);
+      let copiesKilled = 0;
+      for (let attempt = 0; copiesKilled < 3 && attempt < 30; attempt++) {
+        let settled = false;
+        const running = store.loadEvents(streamId).then(
+          (events) => ({ events }),
+          (error: unknown) => ({ error }),
+        ).finally(() => settled = true);
+        while (!settled) {
+          const [{ killed }] = await admin`
+            SELECT count(*)::int AS killed FROM (
+              SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = ${applicationName}
+                AND state = 'active' AND query LIKE 'COPY%') AS terminated`;
+          copiesKilled += killed;
+        }
+        const outcome = await running;
+        if ("error" in outcome) {
+          assert.ok(
+            outcome.error instanceof StoreUnavailableError,
+            describe(outcome.error),
+          );
+        } else {
+          assert.deepStrictEqual(outcome.events, expected);
+        }
+        // The next read works (after at most a farewell of the dead
+        // connection, typed as the other killed reads').
+        let events: RecordedEvent[] | undefined;
+        for (let retry = 1; events === undefined; retry++) {
+          try {
+            events = await store.loadEvents(streamId);
+          } catch (error) {
+            assert.ok(error instanceof StoreUnavailableError, describe(error));
+            assert.ok(retry < 5, "reads keep failing");
+            await sleep(25);
+          }
+        }
+        assert.deepStrictEqual(events, expected);
+      }
+      assert.ok(copiesKilled >= 1, "no COPY was caught running");
+    } finally {
+      await store.close();
+      await database.close();
+    }
+  });
+
   Deno.test(`${LABEL}: pool exhaustion: 500 concurrent appends through a pool of 4 all complete`, async () => {
     const database = await freshDatabase();
     const store = await PostgresEventStore.connect(database.url, { max: 4 });

@@ -14,6 +14,7 @@ import type { LogLevel } from "../logger.ts";
 import { decodeValue, type ReadAllRange } from "../_input.ts";
 import { isLostConnection, type PostgresSql } from "./driver.ts";
 import { arrayLiteral, type Statements } from "./statements.ts";
+import { COPY_AFTER, copyEvents, copyLoad, copyReadAll } from "./copy_read.ts";
 
 /** The store's log: its logger, with the schema added to every record. */
 export type Log = (
@@ -161,41 +162,69 @@ export async function readStreamVersion(
   return Number(row.version);
 }
 
-/** Events of one stream from `fromVersion` on, at most `maxCount`: a read. */
+/**
+ * Events of one stream from `fromVersion` on, at most `maxCount`: a read.
+ * The first {@linkcode COPY_AFTER} come from the prepared statement; if
+ * there may be more, the rest come by binary COPY (`copy_read.ts`). Events
+ * are never changed once stored, so the two statements read one stream.
+ */
 export async function loadStream<D>(
   context: QueryContext,
   streamId: string,
   fromVersion: number,
   maxCount: number,
 ): Promise<RecordedEvent<D>[]> {
+  const first = Math.min(maxCount, COPY_AFTER);
   const rows = await read(
     context,
     () =>
       context.sql.unsafe(context.statements.load, [
         streamId,
         fromVersion,
-        Number.isFinite(maxCount) ? maxCount : null,
+        first,
       ], { prepare: context.prepare }),
   );
   const events = new Array<RecordedEvent<D>>(rows.length);
   for (let index = 0; index < rows.length; index++) {
     events[index] = recorded<D>(context.codec, streamId, rows[index]);
   }
-  return events;
+  if (rows.length < first || maxCount === first) return events;
+  const rest = await read(
+    context,
+    () =>
+      copyEvents<D>(
+        context,
+        copyLoad(
+          context.statements.schema,
+          streamId,
+          events[events.length - 1].version + 1,
+          maxCount - first,
+        ),
+        streamId,
+      ),
+  );
+  return concat(events, rest);
 }
 
-/** Events of every stream in position order, filtered: a read. */
+/**
+ * Events of every stream in position order, filtered: a read. As
+ * {@linkcode loadStream}, the first {@linkcode COPY_AFTER} come from the
+ * prepared statement and the rest by binary COPY, from the last position
+ * the first returned, under a bound of its own (`readableEnd`): the same
+ * events a caller reading page by page would get.
+ */
 export async function loadAll<D>(
   context: QueryContext,
   options: ReadAllRange,
 ): Promise<RecordedEvent<D>[]> {
   const { fromPosition, maxCount, types, category } = options;
+  const first = Math.min(maxCount, COPY_AFTER);
   const rows = await read(
     context,
     () =>
       context.sql.unsafe(context.statements.readAll, [
         fromPosition,
-        Number.isFinite(maxCount) ? maxCount : null,
+        first,
         types === undefined ? null : arrayLiteral(types),
         category ?? null,
       ] as never[], { prepare: context.prepare }),
@@ -204,6 +233,26 @@ export async function loadAll<D>(
   for (let index = 0; index < rows.length; index++) {
     events[index] = recorded<D>(context.codec, rows[index].stream, rows[index]);
   }
+  if (rows.length < first || maxCount === first) return events;
+  const rest = await read(
+    context,
+    () =>
+      copyEvents<D>(
+        context,
+        copyReadAll(context.statements.schema, {
+          fromPosition: events[events.length - 1].globalPosition,
+          maxCount: maxCount - first,
+          types,
+          category,
+        }),
+      ),
+  );
+  return concat(events, rest);
+}
+
+/** `rest` appended to `events`, in place. */
+function concat<T>(events: T[], rest: readonly T[]): T[] {
+  for (let index = 0; index < rest.length; index++) events.push(rest[index]);
   return events;
 }
 

@@ -85,6 +85,11 @@ export const POSITIONS_END = "8796093022208";
 /** The statements of a store whose tables live in `schema` (quoted). */
 export interface Statements {
   /**
+   * The schema, quoted: for the statements built per call, the binary
+   * COPY reads of `copy_read.ts`.
+   */
+  schema: string;
+  /**
    * Appends a batch in one round trip. Reads the stream's version, checks
    * the expectation, looks for the batch's ids in the stream (when `$8`),
    * and inserts every event from arrays in the same statement, unless the
@@ -236,6 +241,7 @@ export function statementsFor(schema: string): Statements {
   const events = `${schema}.events`;
   const snapshots = `${schema}.snapshots`;
   return {
+    schema,
     append: appendWith(
       schema,
       `SELECT current.base + batch.ordinality,
@@ -363,12 +369,7 @@ export function statementsFor(schema: string): Statements {
              metadata::text AS metadata, created_at AS created
       FROM ${events}
       WHERE global_position > $1::bigint
-        AND global_position <= (
-          SELECT CASE WHEN horizon < ${POSITIONS_END}
-                      THEN (horizon << 20) - 1
-                      ELSE 9223372036854775807 END
-          FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                         + ${schema}.position_offset() AS horizon) AS snapshot)
+        AND global_position <= ${readableEnd(schema)}
         AND ($3::text[] IS NULL OR event_type = ANY ($3::text[]))
         AND ($4::text IS NULL OR split_part(stream_id, '-', 1) = $4::text)
       ORDER BY global_position
@@ -422,6 +423,22 @@ function currentIds(schema: string): string {
                  + ${schema}.position_offset() AS transaction,
                pg_snapshot_xmax(pg_current_snapshot())::text::bigint
                  + ${schema}.position_offset() AS horizon)`;
+}
+
+/**
+ * The highest position `readAll` may return: every position below the
+ * first of the oldest transaction still running (its xmin, plus the offset
+ * of migration 007), so that no event that commits later can appear below
+ * one already returned. Shared by the prepared read and its binary COPY
+ * (`copy_read.ts`).
+ */
+export function readableEnd(schema: string): string {
+  return `(
+          SELECT CASE WHEN horizon < ${POSITIONS_END}
+                      THEN (horizon << 20) - 1
+                      ELSE 9223372036854775807 END
+          FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                         + ${schema}.position_offset() AS horizon) AS snapshot)`;
 }
 
 /**
