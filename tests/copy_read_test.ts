@@ -12,6 +12,8 @@ import fc from "fast-check";
 import postgres from "postgres";
 import {
   cborCodec,
+  type Codec,
+  EncodingError,
   type NewEvent,
   PostgresEventStore,
   type RecordedEvent,
@@ -492,6 +494,42 @@ if (database !== undefined) {
       await store.loadEvents(streamId),
       await preparedLoad(streamId),
     );
+  });
+
+  Deno.test(`${LABEL}: a row that does not decode fails the read with an EncodingError naming it, and the connection serves the next read`, async () => {
+    const json: Codec = {
+      encode: (value) => new TextEncoder().encode(JSON.stringify(value)),
+      decode: (bytes) => {
+        const value = JSON.parse(new TextDecoder().decode(bytes));
+        if (value.n === COPY_AFTER + 3) throw new SyntaxError("corrupt bytes");
+        return value;
+      },
+    };
+    await using picky = await PostgresEventStore.connect(url, {
+      max: 1,
+      codec: json,
+    });
+    const streamId = `corrupt-${crypto.randomUUID()}`;
+    await picky.appendEvents(
+      streamId,
+      Array.from({ length: COPY_AFTER + 10 }, (_, index) => ({
+        type: "Counted",
+        data: { n: index + 1 },
+      })),
+    );
+    await assert.rejects(picky.loadEvents(streamId), (error) => {
+      assert.ok(error instanceof EncodingError);
+      assert.equal(error.operation, "decode");
+      assert.equal(
+        error.message,
+        `Cannot decode stream ${JSON.stringify(streamId)} version ${
+          COPY_AFTER + 3
+        } data: corrupt bytes`,
+      );
+      return true;
+    });
+    const head = await picky.loadEvents(streamId, { maxCount: COPY_AFTER + 2 });
+    assert.equal(head.length, COPY_AFTER + 2);
   });
 
   Deno.test(`${LABEL}: close the connections and drop the database`, async () => {

@@ -198,11 +198,18 @@ export class BinaryEventRows<D = unknown> {
     length = view.getInt32(at);
     const dataAt = at + 4;
     at = dataAt + length;
-    const data = decodeValue(
-      this.#codec,
-      bytes.subarray(dataAt, at),
-      () => `stream ${JSON.stringify(streamId)} version ${version} data`,
-    ) as D;
+    let data: D;
+    try {
+      data = this.#codec.decode(bytes.subarray(dataAt, at)) as D;
+    } catch {
+      // Decoded again for the typed error and its label, which are made
+      // only when needed: no closure or label per row.
+      data = decodeValue(
+        this.#codec,
+        bytes.subarray(dataAt, at),
+        `stream ${JSON.stringify(streamId)} version ${version} data`,
+      ) as D;
+    }
     length = view.getInt32(at);
     const metadata = JSON.parse(
       utf8.decode(bytes.subarray(at + 4, at + 4 + length)),
