@@ -12,6 +12,7 @@ import { cborCodec } from "../mod.ts";
 import { codecTags, decodeWithCborg, encodeWithCborg } from "../src/codec.ts";
 import { encodeFast } from "../src/_cbor_encode.ts";
 import { decodeFast } from "../src/_cbor_decode.ts";
+import { codecValueArb as valueArb } from "./_codec_values.ts";
 
 /** What decoding `bytes` gives: a value (with its shape), or that it threw. */
 function outcome(
@@ -48,31 +49,6 @@ function shapeOf(value: unknown): string {
   );
   return `${kind}{${entries.join(",")}}`;
 }
-
-/** Values the codec encodes: every kind it keeps, nested. */
-const valueArb: fc.Arbitrary<unknown> = fc.letrec((tie) => ({
-  value: fc.oneof(
-    { depthSize: "small" },
-    fc.constantFrom(null, undefined, true, false, -0, NaN, Infinity, -Infinity),
-    fc.integer(),
-    fc.maxSafeInteger(),
-    fc.double(),
-    fc.float().map((value) => Number(value)),
-    fc.bigInt({ min: -(2n ** 80n), max: 2n ** 80n }),
-    fc.string({ unit: "grapheme", maxLength: 40 }),
-    fc.string({ unit: "binary", maxLength: 40 }).filter((text) =>
-      text.isWellFormed()
-    ),
-    fc.uint8Array({ maxLength: 40 }),
-    fc.date({ noInvalidDate: true }),
-    fc.array(tie("value"), { maxLength: 5 }),
-    fc.dictionary(
-      fc.oneof(fc.string({ maxLength: 40 }), fc.constant("__proto__")),
-      tie("value"),
-      { maxKeys: 5 },
-    ),
-  ),
-})).value;
 
 Deno.test("cbor decode: the codec's encodings decode as cborg decodes them", () => {
   fc.assert(

@@ -33,32 +33,12 @@ import {
   BinaryEventRows,
 } from "../src/postgres/binary_rows.ts";
 import { createTestDatabaseOrFail } from "./_database.ts";
+import { codecValueArb } from "./_codec_values.ts";
 
 const LABEL = "binary COPY reads";
 
-/** Every value kind the codec round-trips (as in cbor_test.ts). */
-const dataArb: fc.Arbitrary<unknown> = fc.letrec((tie) => ({
-  value: fc.oneof(
-    { depthSize: "small" },
-    fc.constantFrom(null, undefined, true, false, -0, NaN, Infinity, -Infinity),
-    fc.integer(),
-    fc.maxSafeInteger(),
-    fc.double(),
-    fc.bigInt({ min: -(2n ** 80n), max: 2n ** 80n }),
-    fc.string({ unit: "grapheme", maxLength: 40 }),
-    fc.string({ unit: "binary", maxLength: 40 }).filter((text) =>
-      text.isWellFormed()
-    ),
-    fc.uint8Array({ maxLength: 40 }),
-    fc.date({ noInvalidDate: true }),
-    fc.array(tie("value"), { maxLength: 5 }),
-    fc.dictionary(
-      fc.oneof(fc.string({ maxLength: 40 }), fc.constant("__proto__")),
-      tie("value"),
-      { maxKeys: 5 },
-    ),
-  ),
-})).value;
+/** Every value kind the codec round-trips. */
+const dataArb = codecValueArb;
 
 /** Text PostgreSQL can hold: no NUL, no lone surrogate. */
 const textArb = (maxLength: number) =>

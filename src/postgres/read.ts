@@ -168,42 +168,29 @@ export async function readStreamVersion(
  * there may be more, the rest come by binary COPY (`copy_read.ts`). Events
  * are never changed once stored, so the two statements read one stream.
  */
-export async function loadStream<D>(
+export function loadStream<D>(
   context: QueryContext,
   streamId: string,
   fromVersion: number,
   maxCount: number,
 ): Promise<RecordedEvent<D>[]> {
-  const first = Math.min(maxCount, COPY_AFTER);
-  const rows = await read(
+  return preparedThenCopy<D>(
     context,
-    () =>
+    maxCount,
+    (first) =>
       context.sql.unsafe(context.statements.load, [
         streamId,
         fromVersion,
         first,
       ], { prepare: context.prepare }),
-  );
-  const events = new Array<RecordedEvent<D>>(rows.length);
-  for (let index = 0; index < rows.length; index++) {
-    events[index] = recorded<D>(context.codec, streamId, rows[index]);
-  }
-  if (rows.length < first || maxCount === first) return events;
-  const rest = await read(
-    context,
-    () =>
+    () => streamId,
+    (last, rest) =>
       copyEvents<D>(
         context,
-        copyLoad(
-          context.statements.schema,
-          streamId,
-          events[events.length - 1].version + 1,
-          maxCount - first,
-        ),
+        copyLoad(context.statements.schema, streamId, last.version + 1, rest),
         streamId,
       ),
   );
-  return concat(events, rest);
 }
 
 /**
@@ -213,45 +200,66 @@ export async function loadStream<D>(
  * the first returned, under a bound of its own (`readableEnd`): the same
  * events a caller reading page by page would get.
  */
-export async function loadAll<D>(
+export function loadAll<D>(
   context: QueryContext,
   options: ReadAllRange,
 ): Promise<RecordedEvent<D>[]> {
-  const { fromPosition, maxCount, types, category } = options;
-  const first = Math.min(maxCount, COPY_AFTER);
-  const rows = await read(
+  const { fromPosition, types, category } = options;
+  return preparedThenCopy<D>(
     context,
-    () =>
+    options.maxCount,
+    (first) =>
       context.sql.unsafe(context.statements.readAll, [
         fromPosition,
         first,
         types === undefined ? null : arrayLiteral(types),
         category ?? null,
       ] as never[], { prepare: context.prepare }),
-  );
-  const events = new Array<RecordedEvent<D>>(rows.length);
-  for (let index = 0; index < rows.length; index++) {
-    events[index] = recorded<D>(context.codec, rows[index].stream, rows[index]);
-  }
-  if (rows.length < first || maxCount === first) return events;
-  const rest = await read(
-    context,
-    () =>
+    (row) => row.stream,
+    (last, rest) =>
       copyEvents<D>(
         context,
         copyReadAll(context.statements.schema, {
-          fromPosition: events[events.length - 1].globalPosition,
-          maxCount: maxCount - first,
+          fromPosition: last.globalPosition,
+          maxCount: rest,
           types,
           category,
         }),
       ),
   );
-  return concat(events, rest);
 }
 
-/** `rest` appended to `events`, in place. */
-function concat<T>(events: T[], rest: readonly T[]): T[] {
+/**
+ * A read of at most `maxCount` events: the first {@linkcode COPY_AFTER}
+ * from `prepared` (given its limit), and if it returned that many and more
+ * may follow, the rest from `copyRest` (given the last event and how many
+ * more at most), both repeated after a lost connection.
+ */
+async function preparedThenCopy<D>(
+  context: QueryContext,
+  maxCount: number,
+  prepared: (first: number) => Promise<postgres.Row[]>,
+  streamOf: (row: postgres.Row) => string,
+  copyRest: (
+    last: RecordedEvent<D>,
+    rest: number,
+  ) => Promise<RecordedEvent<D>[]>,
+): Promise<RecordedEvent<D>[]> {
+  const first = Math.min(maxCount, COPY_AFTER);
+  const rows = await read(context, () => prepared(first));
+  const events = new Array<RecordedEvent<D>>(rows.length);
+  for (let index = 0; index < rows.length; index++) {
+    events[index] = recorded<D>(
+      context.codec,
+      streamOf(rows[index]),
+      rows[index],
+    );
+  }
+  if (rows.length < first || maxCount === first) return events;
+  const rest = await read(
+    context,
+    () => copyRest(events[events.length - 1], maxCount - first),
+  );
   for (let index = 0; index < rest.length; index++) events.push(rest[index]);
   return events;
 }
