@@ -37,6 +37,15 @@ class Reader {
   readonly bytes: Uint8Array;
   readonly tags: readonly (TagDecoder | undefined)[];
   position = 0;
+  /** The depth of the content of the tag being decoded. */
+  tagDepth = 0;
+  /** Whether the tag being decoded has had its content decoded. */
+  tagCalled = false;
+  /**
+   * What a tag decoder is given: decodes the tag's content, once. Made at
+   * the first tag, so a value without one costs no closure.
+   */
+  content: TagDecodeControl | undefined;
 
   constructor(bytes: Uint8Array, tags: readonly (TagDecoder | undefined)[]) {
     this.bytes = bytes;
@@ -113,7 +122,9 @@ class Reader {
       case 3: {
         const length = this.length(minor);
         const start = this.take(length);
-        return text(this.bytes, start, start + length);
+        return length < SHORT
+          ? shortText(this.bytes, start, start + length)
+          : text(this.bytes, start, start + length);
       }
       case 4: {
         if (depth >= MAX_DEPTH) throw GIVE_UP;
@@ -155,14 +166,23 @@ class Reader {
           ? this.tags[number]
           : undefined;
         if (decoder === undefined) throw GIVE_UP;
-        let called = false;
-        const control: TagDecodeControl = () => {
-          if (called) throw GIVE_UP;
-          called = true;
-          return this.item(depth + 1);
-        };
-        const value = decoder(control);
-        if (!called) throw GIVE_UP;
+        // The tag's content is decoded by `content`, once: its depth and
+        // whether it was called are the reader's, kept around the call for
+        // a tag inside a tag, so no closure is made per tag.
+        const outerDepth = this.tagDepth;
+        const outerCalled = this.tagCalled;
+        this.tagDepth = depth + 1;
+        this.tagCalled = false;
+        const value = decoder(
+          this.content ??= () => {
+            if (this.tagCalled) throw GIVE_UP;
+            this.tagCalled = true;
+            return this.item(this.tagDepth);
+          },
+        );
+        if (!this.tagCalled) throw GIVE_UP;
+        this.tagDepth = outerDepth;
+        this.tagCalled = outerCalled;
         return value;
       }
       default:
@@ -172,41 +192,10 @@ class Reader {
 
   /**
    * A map key: a string, or the fast path gives up (cborg refuses other
-   * keys for objects). Short ASCII keys come from {@linkcode KEYS}: the
-   * same few keys recur in every event of a type, and a string made once
-   * is a property key V8 has already hashed.
+   * keys for objects). Short ones come from {@linkcode SHORT_TEXT}, as short
+   * text values do.
    */
   key(depth: number): string {
-    const bytes = this.bytes;
-    const initial = bytes[this.position];
-    if (initial >= 0x60 && initial < 0x60 + 24) {
-      const length = initial - 0x60;
-      const start = this.position + 1;
-      const end = start + length;
-      if (end <= bytes.length) {
-        let hash = length;
-        let ascii = true;
-        for (let index = start; index < end; index++) {
-          const byte = bytes[index];
-          if (byte & 0x80) {
-            ascii = false;
-            break;
-          }
-          hash = (Math.imul(hash, 31) + byte) | 0;
-        }
-        if (ascii) {
-          this.position = end;
-          const slot = hash & (KEYS.length - 1);
-          const cached = KEYS[slot];
-          if (cached !== undefined && sameText(cached, bytes, start, end)) {
-            return cached;
-          }
-          const made = text(bytes, start, end);
-          KEYS[slot] = made;
-          return made;
-        }
-      }
-    }
     const key = this.item(depth);
     if (typeof key !== "string") throw GIVE_UP;
     return key;
@@ -228,10 +217,10 @@ class Reader {
         return halfValue((this.bytes[at] << 8) | this.bytes[at + 1]);
       }
       case 26:
-        SCRATCH.set(this.bytes.subarray(this.take(4), this.position));
+        copyToScratch(this.bytes, this.take(4), 4);
         return SCRATCH_VIEW.getFloat32(0);
       case 27:
-        SCRATCH.set(this.bytes.subarray(this.take(8), this.position));
+        copyToScratch(this.bytes, this.take(8), 8);
         return SCRATCH_VIEW.getFloat64(0);
       default:
         throw GIVE_UP;
@@ -239,11 +228,39 @@ class Reader {
   }
 }
 
+/** Text shorter than this (in bytes) is looked up in {@linkcode SHORT_TEXT}. */
+const SHORT = 24;
+
 /**
- * Short ASCII map keys decoded before, by a hash of their bytes: a slot
- * holds the last key that hashed to it.
+ * Short ASCII strings decoded before, keys and values, by a hash of their
+ * bytes: a slot holds the last string that hashed to it. The same few keys
+ * recur in every event of a type, and values recur too (ids, states,
+ * currencies): a string found here is not made again (no allocation, and a
+ * key V8 has already hashed), which took a third off decoding an order
+ * event's map (docs/performance.md).
  */
-const KEYS: (string | undefined)[] = new Array(1024);
+const SHORT_TEXT: (string | undefined)[] = new Array(1024);
+
+/** A string of fewer than {@linkcode SHORT} bytes, through the cache. */
+function shortText(bytes: Uint8Array, start: number, end: number): string {
+  let hash = end - start;
+  for (let index = start; index < end; index++) {
+    const byte = bytes[index];
+    if (byte & 0x80) return textDecoder.decode(bytes.subarray(start, end));
+    hash = (Math.imul(hash, 31) + byte) | 0;
+  }
+  const slot = hash & (SHORT_TEXT.length - 1);
+  const cached = SHORT_TEXT[slot];
+  if (cached !== undefined && sameText(cached, bytes, start, end)) {
+    return cached;
+  }
+  const made = String.fromCharCode.apply(
+    null,
+    bytes.subarray(start, end) as unknown as number[],
+  );
+  SHORT_TEXT[slot] = made;
+  return made;
+}
 
 /** Whether `string` is the ASCII text of `bytes[start, end)`. */
 function sameText(
@@ -280,6 +297,13 @@ function text(bytes: Uint8Array, start: number, end: number): string {
 /** Where floats are read: one buffer for every decode (no view per call). */
 const SCRATCH = new Uint8Array(8);
 const SCRATCH_VIEW = new DataView(SCRATCH.buffer);
+
+/** Copies `count` bytes from `at` to {@linkcode SCRATCH}: no view is made. */
+function copyToScratch(bytes: Uint8Array, at: number, count: number): void {
+  for (let index = 0; index < count; index++) {
+    SCRATCH[index] = bytes[at + index];
+  }
+}
 
 /** A big-endian unsigned 32-bit integer at `at`. */
 function uint32(bytes: Uint8Array, at: number): number {

@@ -74,6 +74,12 @@ interface StoredEvent {
   readonly type: string;
   readonly data: Uint8Array;
   readonly metadataJson: string;
+  /**
+   * `metadataJson` parsed, once, at the event's first load: never handed
+   * out, only copied ({@linkcode copyJson}), which is several times faster
+   * than parsing the text again at every load.
+   */
+  metadata?: Record<string, unknown>;
   readonly createdAtMs: number;
 }
 
@@ -270,7 +276,9 @@ export class InMemoryEventStore implements EventStore {
         event.data,
         () => `stream ${JSON.stringify(streamId)} version ${version} data`,
       ) as D,
-      metadata: JSON.parse(event.metadataJson),
+      metadata: copyJson(
+        event.metadata ??= JSON.parse(event.metadataJson),
+      ) as Record<string, unknown>,
       createdAt: new Date(event.createdAtMs),
     };
   }
@@ -458,4 +466,36 @@ function storedIds(
     }
   }
   return stored;
+}
+
+/**
+ * A deep copy of a value `JSON.parse` made: what parsing its text again
+ * would give, a fresh object, array and value for each (a `__proto__` key
+ * stays an own property, as `JSON.parse` makes it).
+ */
+function copyJson(value: unknown): unknown {
+  if (typeof value !== "object" || value === null) return value;
+  if (Array.isArray(value)) {
+    const copy = new Array(value.length);
+    for (let index = 0; index < value.length; index++) {
+      copy[index] = copyJson(value[index]);
+    }
+    return copy;
+  }
+  const copy: Record<string, unknown> = {};
+  // Own keys only, whatever an application added to Object.prototype.
+  for (const key of Object.keys(value)) {
+    const entry = copyJson((value as Record<string, unknown>)[key]);
+    if (key === "__proto__") {
+      Object.defineProperty(copy, key, {
+        value: entry,
+        configurable: true,
+        enumerable: true,
+        writable: true,
+      });
+    } else {
+      copy[key] = entry;
+    }
+  }
+  return copy;
 }

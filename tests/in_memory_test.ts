@@ -110,6 +110,18 @@ Deno.test("InMemoryEventStore: close drops the data and names the refused call",
   });
 });
 
+Deno.test("InMemoryEventStore: a configured generateId that repeats an id within a batch is refused before writing", async () => {
+  const id = crypto.randomUUID();
+  await using store = new InMemoryEventStore({ generateId: () => id });
+  await store.appendEvents("s", [{ type: "A", data: 1 }]);
+  await assert.rejects(
+    store.appendEvents("t", [{ type: "A", data: 1 }, { type: "B", data: 2 }]),
+    (error) =>
+      error instanceof InvalidArgumentError && error.field === "events[1].id",
+  );
+  assert.equal(await store.streamVersion("t"), 0);
+});
+
 Deno.test("InMemoryEventStore: ids from a broken generateId are refused before writing", async () => {
   await using store = new InMemoryEventStore({
     generateId: () => "not-a-uuid",
