@@ -20,6 +20,7 @@ import {
   StoreUnavailableError,
 } from "../mod.ts";
 import { statementsFor } from "../src/postgres/statements.ts";
+import { copyReadAll } from "../src/postgres/copy_read.ts";
 import { BUNDLED_MIGRATIONS } from "../src/migrations.ts";
 import { newCategory, newStreamId, testEventStore } from "./conformance.ts";
 import {
@@ -429,6 +430,58 @@ async function registerTests(database: TestDatabase): Promise<void> {
       await transaction`DEALLOCATE probed_plan`;
       return JSON.stringify(rows[0]["QUERY PLAN"]);
     });
+
+  Deno.test("PostgresEventStore: readAll past events the statistics have not seen yet reads the position index in order, not the whole range and a sort (EXPLAIN)", async () => {
+    // Statistics of a table, then 10,000 events appended after them in ten
+    // transactions: positions 2^20 apart, as real appends leave them.
+    await admin`ANALYZE events`;
+    const [{ before }] = await admin`
+      SELECT coalesce(max(global_position), 0)::text AS before FROM events`;
+    for (let transaction = 0; transaction < 10; transaction++) {
+      await admin`
+        INSERT INTO events (global_position, stream_id, version, event_id, event_type, data)
+        SELECT (pg_current_xact_id()::text::bigint << 20) + version,
+               'stale-' || ${transaction}, version, gen_random_uuid(), 'Bulk', '\\x00'
+        FROM generate_series(1, 1000) AS version`;
+    }
+    const statements = statementsFor('"public"');
+    for (const mode of ["force_custom_plan", "force_generic_plan"]) {
+      const plan = await planOfPrepared(
+        mode,
+        statements.readAllUnfiltered,
+        `${before}, 100`,
+      );
+      assert.match(
+        plan,
+        /"Node Type":"Index Scan","Parent Relationship":"Outer","Parallel Aware":false,"Async Capable":false,"Scan Direction":"Forward","Index Name":"events_global_position_idx"/,
+        `${mode}: ${plan}`,
+      );
+      assert.doesNotMatch(
+        plan,
+        /Bitmap|"Node Type":"Sort"/,
+        `${mode}: ${plan}`,
+      );
+    }
+    // The COPY of the rest gets the same plan.
+    const copy = copyReadAll('"public"', {
+      fromPosition: BigInt(before),
+      maxCount: 100,
+      types: undefined,
+      category: undefined,
+    });
+    const select = copy.slice(
+      copy.indexOf("(") + 1,
+      copy.lastIndexOf(") TO STDOUT"),
+    );
+    const rows = await admin.unsafe(`EXPLAIN (FORMAT JSON) ${select}`);
+    const copyPlan = JSON.stringify(rows[0]["QUERY PLAN"]);
+    assert.match(
+      copyPlan,
+      /"Index Name":"events_global_position_idx"/,
+      copyPlan,
+    );
+    assert.doesNotMatch(copyPlan, /Bitmap|"Node Type":"Sort"/, copyPlan);
+  });
 
   Deno.test("PostgresEventStore: reads are primary-key index scans (EXPLAIN)", async () => {
     // Tables big enough that the planner would scan them whole if the

@@ -17,6 +17,7 @@
 import type { RecordedEvent } from "../event_store.ts";
 import type { Codec } from "../codec.ts";
 import { decodeValue } from "../_input.ts";
+import { copyJson } from "../_json.ts";
 
 /** What every binary COPY starts with: `PGCOPY\n\377\r\n\0`. */
 const SIGNATURE = [
@@ -88,6 +89,7 @@ export class BinaryEventRows<D = unknown> {
   /** The last text column values, which repeat from row to row. */
   #lastType = new TextCache();
   #lastStream = new TextCache();
+  #lastMetadata = new MetadataCache();
 
   /**
    * @param codec Decodes `data`.
@@ -211,9 +213,7 @@ export class BinaryEventRows<D = unknown> {
       ) as D;
     }
     length = view.getInt32(at);
-    const metadata = JSON.parse(
-      utf8.decode(bytes.subarray(at + 4, at + 4 + length)),
-    );
+    const metadata = this.#lastMetadata.value(bytes, at + 4, at + 4 + length);
     at += 4 + length;
     fixed(view, at, 8);
     const createdAt = timestamp(view, at + 4);
@@ -319,5 +319,34 @@ class TextCache {
     this.#bytes = bytes.slice(start, end);
     this.#text = utf8.decode(this.#bytes);
     return this.#text;
+  }
+}
+
+/**
+ * The last metadata a row held, parsed, and its bytes: the events of one
+ * append usually carry the same metadata (a correlation id, a user), and a
+ * copy of the parsed value ({@linkcode copyJson}, ~50 ns) is then made
+ * instead of decoding and parsing the text again (~400 ns). When rows
+ * differ, the cost is a comparison that stops at the first differing byte.
+ */
+class MetadataCache {
+  #bytes = new Uint8Array(0);
+  #parsed: unknown = undefined;
+
+  value(
+    bytes: Uint8Array,
+    start: number,
+    end: number,
+  ): Record<string, unknown> {
+    const known = this.#bytes;
+    let same = known.length === end - start && this.#parsed !== undefined;
+    for (let index = 0; same && index < known.length; index++) {
+      same = known[index] === bytes[start + index];
+    }
+    if (!same) {
+      this.#bytes = bytes.slice(start, end);
+      this.#parsed = JSON.parse(utf8.decode(this.#bytes));
+    }
+    return copyJson(this.#parsed) as Record<string, unknown>;
   }
 }

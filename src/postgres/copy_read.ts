@@ -89,8 +89,10 @@ export function copyReadAll(schema: string, range: ReadAllRange): string {
       SELECT event_id, stream_id, version, global_position, event_type, data,
              metadata::text, created_at
       FROM ${schema}.events
-      WHERE global_position > ${integer(fromPosition)}
-        AND global_position <= ${readableEnd(schema)}
+      WHERE global_position > (SELECT ${integer(fromPosition)})
+        -- Written as the prepared read's range is (statements.ts
+        -- readAllWith): an index scan in order, whatever the statistics.
+        AND global_position <= ANY (ARRAY[${readableEnd(schema)}])
         ${typeFilter}
         ${categoryFilter}
       ORDER BY global_position

@@ -209,12 +209,17 @@ export function loadAll<D>(
     context,
     options.maxCount,
     (first) =>
-      context.sql.unsafe(context.statements.readAll, [
-        fromPosition,
-        first,
-        types === undefined ? null : arrayLiteral(types),
-        category ?? null,
-      ] as never[], { prepare: context.prepare }),
+      types === undefined && category === undefined
+        ? context.sql.unsafe(context.statements.readAllUnfiltered, [
+          fromPosition,
+          first,
+        ] as never[], { prepare: context.prepare })
+        : context.sql.unsafe(context.statements.readAll, [
+          fromPosition,
+          first,
+          types === undefined ? null : arrayLiteral(types),
+          category ?? null,
+        ] as never[], { prepare: context.prepare }),
     (row) => row.stream,
     (last, rest) =>
       copyEvents<D>(
