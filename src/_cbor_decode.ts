@@ -46,6 +46,8 @@ class Reader {
    * the first tag, so a value without one costs no closure.
    */
   content: TagDecodeControl | undefined;
+  /** How many short strings came before, for {@linkcode RECENT}. */
+  shortTexts = 0;
 
   constructor(bytes: Uint8Array, tags: readonly (TagDecoder | undefined)[]) {
     this.bytes = bytes;
@@ -122,9 +124,19 @@ class Reader {
       case 3: {
         const length = this.length(minor);
         const start = this.take(length);
-        return length < SHORT
-          ? shortText(this.bytes, start, start + length)
-          : text(this.bytes, start, start + length);
+        if (length >= SHORT) return text(this.bytes, start, start + length);
+        // The string at the same place in the last value decoded is most
+        // often this one (the keys of an event type, in order): compared
+        // first, it spares the hash.
+        const place = this.shortTexts++;
+        const recent = place < RECENT.length ? RECENT[place] : undefined;
+        if (
+          recent !== undefined &&
+          sameText(recent, this.bytes, start, start + length)
+        ) {
+          return recent;
+        }
+        return shortText(this.bytes, start, start + length, place);
       }
       case 4: {
         if (depth >= MAX_DEPTH) throw GIVE_UP;
@@ -166,6 +178,14 @@ class Reader {
           ? this.tags[number]
           : undefined;
         if (decoder === undefined) throw GIVE_UP;
+        if (decoder === decodeEpochDate) {
+          // A date, the tag of nearly every event: read here, without the
+          // content control's bookkeeping; anything but a number is the
+          // reference's to refuse.
+          const seconds = this.item(depth + 1);
+          if (typeof seconds !== "number") throw GIVE_UP;
+          return epochDate(seconds);
+        }
         // The tag's content is decoded by `content`, once: its depth and
         // whether it was called are the reader's, kept around the call for
         // a tag inside a tag, so no closure is made per tag.
@@ -241,8 +261,24 @@ const SHORT = 24;
  */
 const SHORT_TEXT: (string | undefined)[] = new Array(1024);
 
-/** A string of fewer than {@linkcode SHORT} bytes, through the cache. */
-function shortText(bytes: Uint8Array, start: number, end: number): string {
+/**
+ * The short ASCII strings of the last values decoded, by their order in the
+ * value (the first short string, the second, …). ASCII only, as in
+ * {@linkcode SHORT_TEXT}: {@linkcode sameText} compares bytes with char
+ * codes, which is exact for ASCII alone.
+ */
+const RECENT: (string | undefined)[] = new Array(64);
+
+/**
+ * A string of fewer than {@linkcode SHORT} bytes, through the cache; an
+ * ASCII one is kept in {@linkcode RECENT} at `place` as well.
+ */
+function shortText(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+  place: number,
+): string {
   let hash = end - start;
   for (let index = start; index < end; index++) {
     const byte = bytes[index];
@@ -251,15 +287,16 @@ function shortText(bytes: Uint8Array, start: number, end: number): string {
   }
   const slot = hash & (SHORT_TEXT.length - 1);
   const cached = SHORT_TEXT[slot];
-  if (cached !== undefined && sameText(cached, bytes, start, end)) {
-    return cached;
+  let string = cached;
+  if (string === undefined || !sameText(string, bytes, start, end)) {
+    string = String.fromCharCode.apply(
+      null,
+      bytes.subarray(start, end) as unknown as number[],
+    );
+    SHORT_TEXT[slot] = string;
   }
-  const made = String.fromCharCode.apply(
-    null,
-    bytes.subarray(start, end) as unknown as number[],
-  );
-  SHORT_TEXT[slot] = made;
-  return made;
+  if (place < RECENT.length) RECENT[place] = string;
+  return string;
 }
 
 /** Whether `string` is the ASCII text of `bytes[start, end)`. */
@@ -303,6 +340,28 @@ function copyToScratch(bytes: Uint8Array, at: number, count: number): void {
   for (let index = 0; index < count; index++) {
     SCRATCH[index] = bytes[at + index];
   }
+}
+
+/**
+ * The codec's decoder of tag 1 (an epoch-based date/time, RFC 8949 §3.4.2):
+ * a number of seconds, as a `Date`. Here so that the fast path knows it and
+ * decodes the tag's number itself.
+ */
+export function decodeEpochDate(decodeInner: TagDecodeControl): Date {
+  const seconds = decodeInner();
+  if (typeof seconds !== "number") {
+    throw new TypeError("CBOR tag 1 must wrap a number of seconds");
+  }
+  return epochDate(seconds);
+}
+
+/** The `Date` of a number of seconds since 1970, to the millisecond. */
+function epochDate(seconds: number): Date {
+  // Float seconds only approximate the milliseconds, and Date truncates, so
+  // round. Whole and fraction are scaled apart: far from 1970, seconds * 1000
+  // exceeds 2^51 and its own rounding error would add to the first one.
+  const whole = Math.floor(seconds);
+  return new Date(whole * 1000 + Math.round((seconds - whole) * 1000));
 }
 
 /** A big-endian unsigned 32-bit integer at `at`. */

@@ -4,20 +4,13 @@
  * @module
  */
 
-import {
-  decode,
-  encode,
-  type TagDecodeControl,
-  type TagDecoder,
-  Token,
-  Type,
-} from "cborg";
+import { decode, encode, type TagDecoder, Token, Type } from "cborg";
 import {
   bigIntDecoder,
   bigNegIntDecoder,
   structBigIntEncoder,
 } from "cborg/taglib";
-import { decodeFast } from "./_cbor_decode.ts";
+import { decodeEpochDate, decodeFast } from "./_cbor_decode.ts";
 import { encodeFast } from "./_cbor_encode.ts";
 
 /**
@@ -70,18 +63,6 @@ function encodeDate(date: Date): Token[] {
       ? new Token(seconds < 0 ? Type.negint : Type.uint, seconds)
       : new Token(Type.float, seconds),
   ];
-}
-
-function decodeDate(decodeInner: TagDecodeControl): Date {
-  const seconds = decodeInner();
-  if (typeof seconds !== "number") {
-    throw new TypeError("CBOR tag 1 must wrap a number of seconds");
-  }
-  // Float seconds only approximate the milliseconds, and Date truncates, so
-  // round. Whole and fraction are scaled apart: far from 1970, seconds * 1000
-  // exceeds 2^51 and its own rounding error would add to the first one.
-  const whole = Math.floor(seconds);
-  return new Date(whole * 1000 + Math.round((seconds - whole) * 1000));
 }
 
 /**
@@ -263,7 +244,7 @@ export const codecTags: readonly TagDecoder[] = tagDecoders();
 
 function tagDecoders(): TagDecoder[] {
   const tags: TagDecoder[] = [];
-  tags[TAG_EPOCH_DATE] = decodeDate;
+  tags[TAG_EPOCH_DATE] = decodeEpochDate;
   tags[TAG_POSITIVE_BIGNUM] = bigIntDecoder;
   tags[TAG_NEGATIVE_BIGNUM] = bigNegIntDecoder;
   return tags;

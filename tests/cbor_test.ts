@@ -138,6 +138,12 @@ Deno.test("cbor decode: edges of integers, floats, tags and nesting", () => {
     Uint8Array.of(0x5f, 0x41, 0x01, 0xff),
     // Tags: a date of a string, an unknown tag, a bignum of a number.
     Uint8Array.of(0xc1, 0x61, 0x61),
+    // Dates of a float, a negative, a bigint, a date, nothing.
+    Uint8Array.of(0xc1, 0xfb, 0x41, 0xd4, 0x9b, 0x2c, 0x1f, 0x80, 0x00, 0x00),
+    Uint8Array.of(0xc1, 0x39, 0x01, 0x00),
+    Uint8Array.of(0xc1, 0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff),
+    Uint8Array.of(0xc1, 0xc1, 0x01),
+    Uint8Array.of(0xc1),
     Uint8Array.of(0xd8, 0x64, 0x01),
     Uint8Array.of(0xc2, 0x01),
     Uint8Array.of(0xc3, 0x42, 0x01, 0x00),
@@ -169,6 +175,42 @@ Deno.test("cbor decode: edges of integers, floats, tags and nesting", () => {
       outcome(decodeWithCborg, bytes),
       `bytes ${Buffer.from(bytes).toString("hex").slice(0, 40)}`,
     );
+  }
+});
+
+Deno.test("cbor decode: values one after another whose strings share places", () => {
+  // The decoder first compares a short string with the one at the same
+  // place in the last value decoded. Arrays of short text items from a few
+  // bytes (ASCII, UTF-8 "é", and bytes that are not UTF-8: a lone 0xe9 is
+  // as long as "é" is in characters) make such places agree and differ,
+  // one value after another.
+  const textArb = fc.array(fc.constantFrom(0x61, 0x62, 0xc3, 0xa9, 0xe9), {
+    minLength: 0,
+    maxLength: 4,
+  }).map((bytes) => [0x60 | bytes.length, ...bytes]);
+  const valueBytesArb = fc.array(textArb, { maxLength: 6 }).map((items) =>
+    Uint8Array.of(0x80 | items.length, ...items.flat())
+  );
+  fc.assert(
+    fc.property(fc.array(valueBytesArb, { maxLength: 8 }), (values) => {
+      for (const bytes of values) {
+        assert.deepStrictEqual(
+          outcome((input) => cborCodec.decode(input), bytes),
+          outcome(decodeWithCborg, bytes),
+          `bytes ${Buffer.from(bytes).toString("hex")}`,
+        );
+      }
+    }),
+    { numRuns: 3_000 },
+  );
+  // The case itself: "é", then a lone 0xe9 at the same place.
+  for (
+    const bytes of [
+      Uint8Array.of(0x81, 0x62, 0xc3, 0xa9),
+      Uint8Array.of(0x81, 0x61, 0xe9),
+    ]
+  ) {
+    assert.deepStrictEqual(cborCodec.decode(bytes), decodeWithCborg(bytes));
   }
 });
 

