@@ -35,8 +35,10 @@ const ASCII_THRESHOLD = 32;
 
 class Reader {
   readonly bytes: Uint8Array;
+  /** Where the value's bytes end (they may be a row's, within a chunk). */
+  readonly end: number;
   readonly tags: readonly (TagDecoder | undefined)[];
-  position = 0;
+  position: number;
   /** The depth of the content of the tag being decoded. */
   tagDepth = 0;
   /** Whether the tag being decoded has had its content decoded. */
@@ -49,15 +51,22 @@ class Reader {
   /** How many short strings came before, for {@linkcode RECENT}. */
   shortTexts = 0;
 
-  constructor(bytes: Uint8Array, tags: readonly (TagDecoder | undefined)[]) {
+  constructor(
+    bytes: Uint8Array,
+    start: number,
+    end: number,
+    tags: readonly (TagDecoder | undefined)[],
+  ) {
     this.bytes = bytes;
+    this.position = start;
+    this.end = end;
     this.tags = tags;
   }
 
   /** Moves past `count` bytes, giving up if there are not that many. */
   take(count: number): number {
     const start = this.position;
-    if (count > this.bytes.length - start) throw GIVE_UP;
+    if (count > this.end - start) throw GIVE_UP;
     this.position = start + count;
     return start;
   }
@@ -143,7 +152,7 @@ class Reader {
         const count = this.length(minor);
         // Each element takes at least a byte: a count beyond what is left
         // is garbage, not an array to allocate.
-        if (count > this.bytes.length - this.position) throw GIVE_UP;
+        if (count > this.end - this.position) throw GIVE_UP;
         const array = new Array(count);
         for (let index = 0; index < count; index++) {
           array[index] = this.item(depth + 1);
@@ -153,7 +162,7 @@ class Reader {
       case 5: {
         if (depth >= MAX_DEPTH) throw GIVE_UP;
         const count = this.length(minor);
-        if (count > this.bytes.length - this.position) throw GIVE_UP;
+        if (count > this.end - this.position) throw GIVE_UP;
         const object: Record<string, unknown> = {};
         for (let index = 0; index < count; index++) {
           const key = this.key(depth + 1);
@@ -402,17 +411,37 @@ export function decodeFast(
   tags: readonly (TagDecoder | undefined)[],
   fallback: (bytes: Uint8Array) => unknown,
 ): unknown {
+  return decodeFastRange(bytes, 0, bytes.length, tags, fallback);
+}
+
+/**
+ * {@linkcode decodeFast} of `bytes[start, end)`, without a view of them:
+ * the binary COPY parser decodes each row's `data` where it lies in the
+ * socket's chunk (a view per row is an allocation more per event).
+ *
+ * @param bytes Holds the value at `[start, end)`.
+ * @param fallback The reference decoder, given a view of the value alone.
+ */
+export function decodeFastRange(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+  tags: readonly (TagDecoder | undefined)[],
+  fallback: (bytes: Uint8Array) => unknown,
+): unknown {
   try {
     // A Buffer (postgres.js gives bytea so) as a plain Uint8Array, as cborg
     // does: byte strings sliced from it are Uint8Arrays then, not Buffers.
     const plain = Object.getPrototypeOf(bytes) === Uint8Array.prototype
       ? bytes
       : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const reader = new Reader(plain, tags);
+    const reader = new Reader(plain, start, end, tags);
     const value = reader.item(0);
-    if (reader.position === bytes.length) return value;
+    if (reader.position === end) return value;
   } catch {
     // Given up, or a tag decoder's error: the reference decides.
   }
-  return fallback(bytes);
+  return fallback(
+    start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end),
+  );
 }

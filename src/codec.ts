@@ -10,7 +10,11 @@ import {
   bigNegIntDecoder,
   structBigIntEncoder,
 } from "cborg/taglib";
-import { decodeEpochDate, decodeFast } from "./_cbor_decode.ts";
+import {
+  decodeEpochDate,
+  decodeFast,
+  decodeFastRange,
+} from "./_cbor_decode.ts";
 import { encodeFast } from "./_cbor_encode.ts";
 
 /**
@@ -234,6 +238,28 @@ export function encodeWithCborg(value: unknown): Uint8Array {
  */
 export function decodeWithCborg(bytes: Uint8Array): unknown {
   return decode(bytes, { tags: codecTags as TagDecoder[] });
+}
+
+/**
+ * `cborCodec.decode(bytes.subarray(start, end))`, without the view: for the
+ * binary COPY parser, which decodes each row's `data` where it lies. Not
+ * part of the module's API (`mod.ts` does not export it).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { cborCodec, decodeCborRange } from "./codec.ts";
+ *
+ * const bytes = Uint8Array.of(0xff, ...cborCodec.encode({ a: 1 }));
+ * assert.deepStrictEqual(decodeCborRange(bytes, 1, bytes.length), { a: 1 });
+ * ```
+ */
+export function decodeCborRange(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+): unknown {
+  return decodeFastRange(bytes, start, end, codecTags, decodeWithCborg);
 }
 
 /**

@@ -9,7 +9,12 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import fc from "fast-check";
 import { cborCodec } from "../mod.ts";
-import { codecTags, decodeWithCborg, encodeWithCborg } from "../src/codec.ts";
+import {
+  codecTags,
+  decodeCborRange,
+  decodeWithCborg,
+  encodeWithCborg,
+} from "../src/codec.ts";
 import { encodeFast } from "../src/_cbor_encode.ts";
 import { decodeFast } from "../src/_cbor_decode.ts";
 import { codecValueArb as valueArb } from "./_codec_values.ts";
@@ -212,6 +217,36 @@ Deno.test("cbor decode: values one after another whose strings share places", ()
   ) {
     assert.deepStrictEqual(cborCodec.decode(bytes), decodeWithCborg(bytes));
   }
+});
+
+Deno.test("cbor decode: a value within other bytes decodes as it alone does", () => {
+  // The binary COPY parser decodes a row's data where it lies in a chunk:
+  // bytes before and after it are not read, whatever they are, and what the
+  // fast path leaves to cborg (here an indefinite-length array) reaches
+  // cborg as the value's bytes alone.
+  const withinArb = fc.tuple(
+    fc.oneof(
+      valueArb.map((value) => cborCodec.encode(value)),
+      fc.constant(Uint8Array.of(0x9f, 0x01, 0x02, 0xff)),
+      fc.uint8Array({ maxLength: 16 }),
+    ),
+    fc.uint8Array({ maxLength: 8 }),
+    fc.uint8Array({ maxLength: 8 }),
+  );
+  fc.assert(
+    fc.property(withinArb, ([value, before, after]) => {
+      const bytes = Uint8Array.of(...before, ...value, ...after);
+      const start = before.length;
+      assert.deepStrictEqual(
+        outcome(
+          (input) => decodeCborRange(input, start, start + value.length),
+          bytes,
+        ),
+        outcome(decodeWithCborg, value),
+      );
+    }),
+    { numRuns: 2_000 },
+  );
 });
 
 Deno.test("cbor decode: bytes from a Buffer come back as Uint8Arrays", () => {

@@ -15,7 +15,7 @@
  */
 
 import type { RecordedEvent } from "../event_store.ts";
-import type { Codec } from "../codec.ts";
+import { cborCodec, type Codec, decodeCborRange } from "../codec.ts";
 import { decodeValue } from "../_input.ts";
 import { copyJson } from "../_json.ts";
 
@@ -201,7 +201,10 @@ export class BinaryEventRows<D = unknown> {
     at = dataAt + length;
     let data: D;
     try {
-      data = this.#codec.decode(bytes.subarray(dataAt, at)) as D;
+      // The default codec decodes in place; another is given a view.
+      data = (this.#codec === cborCodec
+        ? decodeCborRange(bytes, dataAt, at)
+        : this.#codec.decode(bytes.subarray(dataAt, at))) as D;
     } catch {
       // Decoded again for the typed error and its label, which are made
       // only when needed: no closure or label per row.
