@@ -266,17 +266,25 @@ export class InMemoryEventStore implements EventStore {
     version: number,
     event: StoredEvent,
   ): RecordedEvent<D> {
+    let data: D;
+    try {
+      data = this.#codec.decode(event.data) as D;
+    } catch {
+      // Decoded again for the typed error and its label, which are made
+      // only when needed: no closure per event loaded.
+      data = decodeValue(
+        this.#codec,
+        event.data,
+        `stream ${JSON.stringify(streamId)} version ${version} data`,
+      ) as D;
+    }
     return {
       id: event.id,
       streamId,
       version,
       globalPosition: event.globalPosition,
       type: event.type,
-      data: decodeValue(
-        this.#codec,
-        event.data,
-        () => `stream ${JSON.stringify(streamId)} version ${version} data`,
-      ) as D,
+      data,
       metadata: copyJson(
         event.metadata ??= JSON.parse(event.metadataJson),
       ) as Record<string, unknown>,
